@@ -1,0 +1,1 @@
+"""DRSformer compression: data, metrics, training, pruning, distillation, results."""

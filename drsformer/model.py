@@ -1,0 +1,454 @@
+"""DRSformer (Chen et al., CVPR 2023, "Learning A Sparse Transformer Network for Effective Image Deraining").
+
+A re-implementation that keeps the official state-dict layout (cschenxiang/DRSformer @ e77bbb4e,
+``basicsr/models/archs/DRSformer_arch.py``): every attribute name and Sequential index below is the
+checkpoint format, so official weights load with ``strict=True``. What differs is how the forward is
+computed (same maths, fewer kernels) and that every size comes from a ``DRSformerConfig``, so a
+structurally pruned student is again a plain ``DRSformer``.
+
+Forward differences from the official code, each exact up to float rounding:
+- LayerNorm over channels uses ``F.layer_norm`` on a channels-last view instead of mean/var/sub/div.
+- TKSA takes one sorted top-k (the largest k of the four ratios). The top-k of every smaller ratio is a
+  prefix of it, so the four masked softmaxes become prefix sums of the same exponentials, and the
+  learned mix ``attn1..attn4`` of the four branch outputs becomes one matrix applied to ``v`` once.
+- MSFN never concatenates its second-stage outputs: ``project_out`` is applied as two 1x1 convs on the
+  halves (a sum of C channels instead of a copy of 2h channels).
+- MEFC folds the per-sample routing weights into the weight of the step's output 1x1 conv instead of
+  scaling eight expert outputs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import EXPERT_OPS, NUM_EXPERT_OPS, BlockConfig, DRSformerConfig, LevelConfig, MEFCConfig
+
+TOPK_RATIOS = ((1, 2), (2, 3), (3, 4), (4, 5))  # the four TKSA branches, as num/den
+PAD_MULTIPLE = 8  # three 2x downsamplings
+
+
+def topk_counts(c: int) -> tuple[int, ...]:
+    """Entries kept per row by the four TKSA branches, with the official ``int(C * r)`` truncation."""
+    # The official code evaluates int(C/2), int(C*2/3), int(C*3/4), int(C*4/5) in floating point.
+    return tuple(int(c * num / den) for num, den in TOPK_RATIOS)
+
+
+# ---------------------------------------------------------------------------------------------- norm
+class _NormParams(nn.Module):
+    """Holds ``weight`` (and ``bias`` for WithBias): the official ``LayerNorm.body``."""
+
+    def __init__(self, dim: int, with_bias: bool):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.bias = nn.Parameter(torch.zeros(dim)) if with_bias else None
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm over the channels of each pixel; eps 1e-5; BiasFree scales without centring."""
+
+    def __init__(self, dim: int, norm_type: str):
+        super().__init__()
+        self.body = _NormParams(dim, with_bias=norm_type == "WithBias")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.permute(0, 2, 3, 1)  # (b, h, w, c)
+        if self.body.bias is not None:
+            y = F.layer_norm(x, x.shape[-1:], self.body.weight, self.body.bias, eps=1e-5)
+        else:
+            # BiasFree: x / sqrt(var(x) + eps) * w, with the variance about the mean but no centring.
+            var = x.var(-1, keepdim=True, unbiased=False)
+            y = x * torch.rsqrt(var + 1e-5) * self.body.weight
+        return y.permute(0, 3, 1, 2)
+
+
+# ---------------------------------------------------------------------------------------------- TKSA
+def topk_mixed_softmax(attn: torch.Tensor, mix: torch.Tensor) -> torch.Tensor:
+    """Sum over the four branches of ``mix[r] * softmax(attn masked to its top-k_r per row)``.
+
+    attn: (..., c, c); mix: (4,). One sorted top-k of the largest k serves every branch: branch r keeps
+    the first k_r sorted entries, so its softmax denominator is a prefix sum of the same exponentials.
+    """
+    c = attn.shape[-1]
+    ks = topk_counts(c)
+    values, index = attn.topk(ks[-1], dim=-1, largest=True, sorted=True)  # (..., c, kmax)
+    exp = torch.exp(values - values[..., :1])  # the row max is the first sorted value
+    denom = exp.cumsum(-1)[..., [k - 1 for k in ks]]  # (..., c, 4): softmax denominators
+    # prefix[r, j] = 1 where sorted entry j is inside branch r's top-k_r
+    prefix = (torch.arange(ks[-1], device=attn.device) < torch.tensor(ks, device=attn.device)[:, None]).to(exp.dtype)
+    coef = (mix.to(exp.dtype) / denom) @ prefix  # (..., c, kmax)
+    return torch.zeros_like(attn).scatter(-1, index, exp * coef)
+
+
+class Attention(nn.Module):
+    """Top-k sparse attention (TKSA) across channels, ``heads`` x ``head_dim`` channels inside."""
+
+    def __init__(self, dim: int, heads: int, head_dim: int, bias: bool):
+        super().__init__()
+        inner = heads * head_dim
+        self.num_heads = heads
+        self.head_dim = head_dim
+        self.temperature = nn.Parameter(torch.ones(heads, 1, 1))
+        self.qkv = nn.Conv2d(dim, inner * 3, kernel_size=1, bias=bias)
+        self.qkv_dwconv = nn.Conv2d(inner * 3, inner * 3, kernel_size=3, padding=1, groups=inner * 3, bias=bias)
+        self.project_out = nn.Conv2d(inner, dim, kernel_size=1, bias=bias)
+        self.attn1 = nn.Parameter(torch.tensor([0.2]))
+        self.attn2 = nn.Parameter(torch.tensor([0.2]))
+        self.attn3 = nn.Parameter(torch.tensor([0.2]))
+        self.attn4 = nn.Parameter(torch.tensor([0.2]))
+
+    def attention_map(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scaled channel-attention logits (b, heads, c, c), v (b, heads, c, h*w)) for input x."""
+        b, _, h, w = x.shape
+        qkv = self.qkv_dwconv(self.qkv(x))
+        q, k, v = qkv.reshape(b, 3, self.num_heads, self.head_dim, h * w).unbind(1)  # each (b, heads, c, hw)
+        q = F.normalize(q, dim=-1)
+        k = F.normalize(k, dim=-1)
+        return (q @ k.transpose(-2, -1)) * self.temperature, v
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        attn, v = self.attention_map(x)
+        mix = torch.cat([self.attn1, self.attn2, self.attn3, self.attn4])
+        out = topk_mixed_softmax(attn, mix) @ v  # (b, heads, c, hw)
+        return self.project_out(out.reshape(b, -1, h, w))
+
+
+# ---------------------------------------------------------------------------------------------- MSFN
+class FeedForward(nn.Module):
+    """Mixed-scale feed-forward network (MSFN) with hidden width ``hidden``.
+
+    project_in (C -> 2h) feeds a depthwise 3x3 and a depthwise 5x5 branch; each is split in halves,
+    the first halves of both go through a grouped 3x3 (2h -> h, groups h: output j mixes inputs 2j and
+    2j+1 of cat[a3, a5]), the second halves through a grouped 5x5, and project_out maps 2h -> C.
+    """
+
+    def __init__(self, dim: int, hidden: int, bias: bool):
+        super().__init__()
+        self.hidden = hidden
+        h2 = hidden * 2
+        self.project_in = nn.Conv2d(dim, h2, kernel_size=1, bias=bias)
+        self.dwconv3x3 = nn.Conv2d(h2, h2, kernel_size=3, padding=1, groups=h2, bias=bias)
+        self.dwconv5x5 = nn.Conv2d(h2, h2, kernel_size=5, padding=2, groups=h2, bias=bias)
+        self.dwconv3x3_1 = nn.Conv2d(h2, hidden, kernel_size=3, padding=1, groups=hidden, bias=bias)
+        self.dwconv5x5_1 = nn.Conv2d(h2, hidden, kernel_size=5, padding=2, groups=hidden, bias=bias)
+        self.project_out = nn.Conv2d(h2, dim, kernel_size=1, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.hidden
+        x = self.project_in(x)
+        y3 = F.relu(self.dwconv3x3(x), inplace=True)
+        y5 = F.relu(self.dwconv5x5(x), inplace=True)
+        x1 = F.relu(self.dwconv3x3_1(torch.cat([y3[:, :h], y5[:, :h]], 1)), inplace=True)
+        x2 = F.relu(self.dwconv5x5_1(torch.cat([y3[:, h:], y5[:, h:]], 1)), inplace=True)
+        # project_out(cat[x1, x2]) as two 1x1 convs on the halves: no copy of 2h channels.
+        w = self.project_out.weight
+        return F.conv2d(x1, w[:, :h], self.project_out.bias) + F.conv2d(x2, w[:, h:])
+
+
+class TransformerBlock(nn.Module):
+    """Sparse transformer block (STB): x + TKSA(LN(x)), then + MSFN(LN(x))."""
+
+    def __init__(self, dim: int, block: BlockConfig, bias: bool, norm_type: str):
+        super().__init__()
+        self.norm1 = LayerNorm(dim, norm_type)
+        self.attn = Attention(dim, block.heads, block.head_dim, bias)
+        self.norm2 = LayerNorm(dim, norm_type)
+        self.ffn = FeedForward(dim, block.ffn_hidden, bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.ffn(self.norm2(x))
+
+
+# ---------------------------------------------------------------------------------------------- MEFC
+def _depthwise(c: int, kernel: int, dilation: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(c, c, kernel, padding=dilation * (kernel - 1) // 2, dilation=dilation, groups=c, bias=False)
+
+
+def _pointwise(c_in: int, c_out: int) -> nn.Conv2d:
+    return nn.Conv2d(c_in, c_out, 1, bias=False)
+
+
+class ExpertOp(nn.Module):
+    """One MEFC expert operation: ``op`` is the official Sequential (indices are checkpoint keys)."""
+
+    def __init__(self, c: int, kind: str, kernel: int, dilation: int):
+        super().__init__()
+        if kind == "sep":
+            self.op = nn.Sequential(
+                _depthwise(c, kernel), _pointwise(c, c), nn.ReLU(inplace=True), _depthwise(c, kernel), _pointwise(c, c)
+            )
+        elif kind == "dil":
+            self.op = nn.Sequential(_depthwise(c, kernel, dilation), _pointwise(c, c))
+        else:
+            self.op = nn.AvgPool2d(kernel, stride=1, padding=kernel // 2, count_include_pad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.op(x)
+
+
+class ExpertStep(nn.Module):
+    """One MEFC step: the kept expert operations (keyed by their official index) and the 1x1 output conv."""
+
+    def __init__(self, c: int, ops: tuple[int, ...]):
+        super().__init__()
+        self.op_index = ops
+        self._ops = nn.ModuleDict({str(j): ExpertOp(c, *EXPERT_OPS[j]) for j in ops})
+        self._out = nn.Sequential(_pointwise(c * len(ops), c), nn.ReLU(inplace=True))
+
+    def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """x (b, c, h, w); weights (b, 8): softmax routing weights over all eight operations."""
+        b, c, h, w = x.shape
+        n = len(self.op_index)
+        experts = torch.cat([op(x) for op in self._ops.values()], 1)  # (b, n*c, h, w)
+        kept = weights[:, list(self.op_index)]  # (b, n)
+        # out = W @ cat[w_j * e_j] = (W scaled per sample) @ cat[e_j]; per-sample weights via groups=b.
+        weight = self._out[0].weight.reshape(1, c, n, c) * kept.reshape(b, 1, n, 1)
+        out = F.conv2d(experts.reshape(1, b * n * c, h, w), weight.reshape(b * c, n * c, 1, 1), groups=b)
+        return F.relu(out.reshape(b, c, h, w), inplace=True)
+
+
+class _PreprocessConv(nn.Module):
+    def __init__(self, c: int):
+        super().__init__()
+        self.op = nn.Sequential(_pointwise(c, c), nn.ReLU(inplace=True))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.op(x)
+
+
+class ExpertSteps(nn.Module):
+    """``layers.1`` of the official MEFC: preprocess conv, then steps with s = relu(step(s) + s)."""
+
+    def __init__(self, c: int, cfg: MEFCConfig):
+        super().__init__()
+        self.preprocess = _PreprocessConv(c)
+        self._ops = nn.ModuleList([ExpertStep(c, ops) for ops in cfg.ops])
+
+    def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        s = self.preprocess(x)
+        for i, step in enumerate(self._ops):
+            s = F.relu(step(s, weights[:, i]) + s, inplace=True)
+        return s
+
+
+class Router(nn.Module):
+    """``layers.0`` of the official MEFC: pooled features -> MLP -> (b, steps, 8) logits."""
+
+    def __init__(self, c: int, cfg: MEFCConfig):
+        super().__init__()
+        self.steps = cfg.steps
+        self.ca_fc = nn.Sequential(
+            nn.Linear(c, cfg.router_hidden), nn.ReLU(inplace=True), nn.Linear(cfg.router_hidden, cfg.steps * NUM_EXPERT_OPS)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ca_fc(x.mean((2, 3))).reshape(-1, self.steps, NUM_EXPERT_OPS)
+
+
+class MEFC(nn.Module):
+    """Mixture-of-experts feature compensator (the official ``subnet``); its output replaces its input."""
+
+    def __init__(self, c: int, cfg: MEFCConfig):
+        super().__init__()
+        self.layers = nn.ModuleList([Router(c, cfg), ExpertSteps(c, cfg)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weights = self.layers[0](x).softmax(-1)
+        return self.layers[1](x, weights)
+
+
+# ---------------------------------------------------------------------------------------------- U-Net
+class PatchEmbed(nn.Module):
+    def __init__(self, c_in: int, c_out: int):
+        super().__init__()
+        self.proj = nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x)
+
+
+class Resample(nn.Module):
+    """Downsample (conv c_in -> c_out/4, PixelUnshuffle(2)) or Upsample (conv c_in -> 4 c_out, PixelShuffle(2))."""
+
+    def __init__(self, c_in: int, c_out: int, down: bool):
+        super().__init__()
+        if down:
+            self.body = nn.Sequential(nn.Conv2d(c_in, c_out // 4, 3, padding=1, bias=False), nn.PixelUnshuffle(2))
+        else:
+            self.body = nn.Sequential(nn.Conv2d(c_in, c_out * 4, 3, padding=1, bias=False), nn.PixelShuffle(2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+def _stage(level: LevelConfig, cfg: DRSformerConfig) -> nn.Sequential:
+    return nn.Sequential(*[TransformerBlock(level.width, b, cfg.bias, cfg.norm_type) for b in level.blocks])
+
+
+class DRSformer(nn.Module):
+    """The DRSformer U-Net; every size comes from ``config``. Any input size (padded to 8, cropped back)."""
+
+    def __init__(self, config: DRSformerConfig):
+        super().__init__()
+        self.config = config
+        enc1, enc2, enc3, lat, dec3, dec2, dec1 = config.levels
+        u3, u2, u1 = config.up_widths
+        self.patch_embed = PatchEmbed(config.in_channels, enc1.width)
+        if config.encoder_mefc is not None:
+            self.encoder_level0 = MEFC(enc1.width, config.encoder_mefc)
+        self.encoder_level1 = _stage(enc1, config)
+        self.down1_2 = Resample(enc1.width, enc2.width, down=True)
+        self.encoder_level2 = _stage(enc2, config)
+        self.down2_3 = Resample(enc2.width, enc3.width, down=True)
+        self.encoder_level3 = _stage(enc3, config)
+        self.down3_4 = Resample(enc3.width, lat.width, down=True)
+        self.latent = _stage(lat, config)
+        self.up4_3 = Resample(lat.width, u3, down=False)
+        self.reduce_chan_level3 = nn.Conv2d(u3 + enc3.width, dec3.width, 1, bias=config.bias)
+        self.decoder_level3 = _stage(dec3, config)
+        self.up3_2 = Resample(dec3.width, u2, down=False)
+        self.reduce_chan_level2 = nn.Conv2d(u2 + enc2.width, dec2.width, 1, bias=config.bias)
+        self.decoder_level2 = _stage(dec2, config)
+        self.up2_1 = Resample(dec2.width, u1, down=False)
+        self.decoder_level1 = _stage(dec1, config)
+        if config.refinement_mefc is not None:
+            self.refinement = MEFC(dec1.width, config.refinement_mefc)
+        self.output = nn.Conv2d(dec1.width, config.out_channels, 3, padding=1, bias=config.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        pad_h, pad_w = -h % PAD_MULTIPLE, -w % PAD_MULTIPLE
+        if pad_h or pad_w:
+            # Reflect where the image is large enough (as the official test script pads), else replicate.
+            mode = "reflect" if pad_h < h and pad_w < w else "replicate"
+            x = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+        out = self.forward_features(x)
+        return out[..., :h, :w] if pad_h or pad_w else out
+
+    def forward_features(self, image: torch.Tensor) -> torch.Tensor:
+        """The official forward, for H and W divisible by 8."""
+        x = self.patch_embed(image)
+        if self.config.encoder_mefc is not None:
+            x = self.encoder_level0(x)
+        enc1 = self.encoder_level1(x)
+        enc2 = self.encoder_level2(self.down1_2(enc1))
+        enc3 = self.encoder_level3(self.down2_3(enc2))
+        x = self.latent(self.down3_4(enc3))
+        x = self.decoder_level3(self.reduce_chan_level3(torch.cat([self.up4_3(x), enc3], 1)))
+        x = self.decoder_level2(self.reduce_chan_level2(torch.cat([self.up3_2(x), enc2], 1)))
+        x = self.decoder_level1(torch.cat([self.up2_1(x), enc1], 1))
+        if self.config.refinement_mefc is not None:
+            x = self.refinement(x)
+        return self.output(x) + image
+
+    # ------------------------------------------------------------------------------------------ I/O
+    @classmethod
+    def from_official(
+        cls, path_or_state_dict: str | os.PathLike | dict, config: DRSformerConfig | None = None
+    ) -> DRSformer:
+        """Load an official checkpoint (``{'params': ...}``, ``{'params_ema': ...}`` or a bare state dict).
+
+        Files are read with ``weights_only=True`` (no pickled code runs). Loading is strict; on mismatch
+        the error lists the missing, unexpected and wrongly shaped keys by name. ``config`` defaults
+        to the paper model with MEFC.
+        """
+        is_path = isinstance(path_or_state_dict, (str, os.PathLike))
+        origin = str(path_or_state_dict) if is_path else "the given state dict"
+        source = path_or_state_dict
+        if is_path:
+            try:
+                source = torch.load(source, map_location="cpu", weights_only=True)
+            except FileNotFoundError as err:
+                raise FileNotFoundError(f"{origin}: no such checkpoint file") from err
+            except Exception as err:  # the unpickler raises several types: name the file and the cause
+                raise ValueError(
+                    f"{origin}: cannot be read as a weights-only checkpoint ({type(err).__name__}: {err}). "
+                    "Only tensors and plain containers are accepted; re-save the state dict with torch.save."
+                ) from err
+        model = cls(config or DRSformerConfig.preset("full"))
+        load_strict(model, unwrap_state_dict(source, origin), origin=origin)
+        return model
+
+    def save_pretrained(self, out_dir: str | os.PathLike) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` into ``out_dir``, each atomically."""
+        from safetensors.torch import save_file
+
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        _atomic_write(out_dir / "model.safetensors", lambda p: save_file(state, str(p), metadata={"format": "pt"}))
+        config_text = json.dumps(self.config.to_dict(), indent=1) + "\n"
+        _atomic_write(out_dir / "config.json", lambda p: Path(p).write_text(config_text))
+        return out_dir
+
+    @classmethod
+    def from_pretrained(cls, model_dir: str | os.PathLike) -> DRSformer:
+        """Rebuild ``DRSformer(config)`` from ``config.json`` and load ``model.safetensors`` strictly."""
+        from safetensors.torch import load_file
+
+        model_dir = Path(model_dir)
+        for name in ("config.json", "model.safetensors"):
+            if not (model_dir / name).is_file():
+                raise FileNotFoundError(f"{model_dir}: missing {name}; expected a directory written by save_pretrained")
+        model = cls(DRSformerConfig.from_json(model_dir / "config.json"))
+        load_strict(model, load_file(str(model_dir / "model.safetensors")), origin=str(model_dir / "model.safetensors"))
+        return model
+
+
+def unwrap_state_dict(obj, name: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """The state dict inside an official checkpoint: ``params``/``params_ema``/``state_dict`` or bare."""
+    if not isinstance(obj, dict):
+        raise TypeError(f"{name}: expected a dict of tensors, got {type(obj).__name__}")
+    for key in ("params", "params_ema", "state_dict"):
+        if key in obj and isinstance(obj[key], dict):
+            return obj[key]
+    if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return obj
+    raise TypeError(f"{name}: no state dict found (keys: {sorted(obj)[:8]}); expected 'params' or tensors")
+
+
+def load_strict(model: nn.Module, state: dict[str, torch.Tensor], origin: str) -> None:
+    """``load_state_dict(strict=True)`` with an error that names every missing, unexpected or misshaped key."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    misshaped = sorted(
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in set(own) & set(state)
+        if tuple(state[k].shape) != tuple(own[k].shape)
+    )
+    if missing or unexpected or misshaped:
+        lines = [f"{origin} does not match DRSformer({_short(model)})"]
+        for title, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", misshaped)):
+            if keys:
+                lines.append(f"  {title} ({len(keys)}): " + ", ".join(keys[:20]) + (" ..." if len(keys) > 20 else ""))
+        lines.append("  Is the config right? e.g. mefc=False for the Rain200L/SPA checkpoints, or the dim/blocks/heads.")
+        raise ValueError("\n".join(lines))
+    model.load_state_dict(state, strict=True)
+
+
+def _short(model: nn.Module) -> str:
+    cfg = getattr(model, "config", None)
+    if cfg is None:
+        return "?"
+    return f"widths={[lv.width for lv in cfg.levels]}, blocks={[len(lv.blocks) for lv in cfg.levels]}, mefc={cfg.mefc}"
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Write through ``write(tmp_path)`` into a temporary file beside ``path``, then rename it into place."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
