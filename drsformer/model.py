@@ -384,9 +384,9 @@ class DRSformer(nn.Module):
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        _atomic_write(out_dir / "model.safetensors", lambda p: save_file(state, str(p), metadata={"format": "pt"}))
+        atomic_write(out_dir / "model.safetensors", lambda p: save_file(state, str(p), metadata={"format": "pt"}))
         config_text = json.dumps(self.config.to_dict(), indent=1) + "\n"
-        _atomic_write(out_dir / "config.json", lambda p: Path(p).write_text(config_text))
+        atomic_write(out_dir / "config.json", lambda p: Path(p).write_text(config_text))
         return out_dir
 
     @classmethod
@@ -442,7 +442,7 @@ def _short(model: nn.Module) -> str:
     return f"widths={[lv.width for lv in cfg.levels]}, blocks={[len(lv.blocks) for lv in cfg.levels]}, mefc={cfg.mefc}"
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
     """Write through ``write(tmp_path)`` into a temporary file beside ``path``, then rename it into place."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
