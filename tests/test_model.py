@@ -88,7 +88,8 @@ def test_official_checkpoint_file_and_errors(tmp_path):
     assert str(path) in str(err.value)
     # a wrong width: shape mismatches by name
     wider = DRSformerConfig.from_official_kwargs(**{**{k: fx["config"][k] for k in OFFICIAL_KEYS}, "dim": 16})
-    with pytest.raises(ValueError, match="shape mismatch .*patch_embed.proj.weight"):
+    with pytest.raises(ValueError, match=r"shape mismatch \(\d+\): decoder_level1.0.attn.project_out.weight: "
+                       r"checkpoint \(16, 16, 1, 1\) vs model \(32, 32, 1, 1\)"):
         DRSformer.from_official(path, wider)
     # pickled code is refused
     class Evil:
@@ -272,3 +273,18 @@ def test_import_drsformer_alone_stays_light():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_bf16_autocast_training_step_keeps_fp32_gradients():
+    torch.manual_seed(0)
+    model = DRSformer(DRSformerConfig.preset("tiny"))
+    x = torch.rand(2, 3, 32, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x)
+    loss = F.l1_loss(out.float(), x)
+    loss.backward()
+    grads = [p.grad for p in model.parameters()]
+    assert all(g is not None and g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
+    # the bf16 forward is close to the fp32 one
+    with torch.no_grad():
+        assert (model(x) - out.float()).abs().max().item() < 0.1

@@ -1,0 +1,61 @@
+"""compress.measure: the paper's counts, and the analytic MACs against torch's FlopCounterMode."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from compress.measure import count_macs, count_params, macs_by_part
+from drsformer import DRSformer, DRSformerConfig, topk_counts
+from tests.literal_drsformer import LiteralDRSformer
+from tests.test_model import nonuniform_config
+
+
+def traced_macs(model, x) -> int:
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(x)
+    return counter.get_total_flops() // 2  # FlopCounterMode counts a MAC as 2 FLOPs
+
+
+@pytest.mark.parametrize("preset,params,gmacs", [("full", 33_655_424, 243.0), ("nomefc", 32_610_304, 175.4)])
+def test_paper_counts(preset, params, gmacs):
+    cfg = DRSformerConfig.preset(preset)
+    with torch.device("meta"):
+        assert count_params(DRSformer(cfg)) == params
+    assert round(count_macs(cfg, 256, 256) / 1e9, 1) == gmacs
+
+
+def test_mefc_and_part_shares_of_full_model():
+    """../shared/DRSFORMER.md: MEFC holds 28% of the MACs (fvcore)."""
+    parts = macs_by_part(DRSformerConfig.preset("full"))
+    mefc = parts["encoder_level0"] + parts["refinement"]
+    assert round(mefc / sum(parts.values()), 2) == 0.28
+
+
+@pytest.mark.parametrize("kwargs", [dict(dim=8, num_blocks=(1, 1, 1, 2)), dict(dim=8, mefc=False, num_blocks=(2, 1, 1, 1))])
+def test_analytic_macs_equal_flop_counter_on_literal_forward(kwargs):
+    kwargs = dict(dim=8, num_blocks=(1, 1, 1, 1), heads=(1, 2, 4, 8)) | kwargs
+    literal = LiteralDRSformer(**kwargs)
+    x = torch.rand(1, 3, 32, 40)
+    assert count_macs(DRSformerConfig.from_official_kwargs(**kwargs), 32, 40) == traced_macs(literal, x)
+
+
+def test_analytic_macs_on_nonuniform_student():
+    """On a pruned-style config, against the fast forward's trace (which does 2 attention matmuls, not 5)."""
+    cfg = nonuniform_config()
+    h, w = 40, 32
+    pixels = {"encoder_level1": h * w, "encoder_level2": h * w // 4, "encoder_level3": h * w // 16,
+              "latent": h * w // 64, "decoder_level3": h * w // 16, "decoder_level2": h * w // 4,
+              "decoder_level1": h * w}
+    correction = 0
+    for name, level in zip(pixels, cfg.levels):
+        for b in level.blocks:
+            # the fast TKSA: 3 fewer (c x c) @ (c x hw) products, plus the (c x 4) @ (4 x kmax) mixing matmul
+            correction += 3 * b.heads * b.head_dim**2 * pixels[name] - b.heads * b.head_dim * 4 * topk_counts(b.head_dim)[-1]
+    assert count_macs(cfg, h, w) - correction == traced_macs(DRSformer(cfg), torch.rand(1, 3, h, w))
+
+
+def test_macs_follow_padding():
+    cfg = DRSformerConfig.preset("tiny")
+    assert count_macs(cfg, 33, 47) == count_macs(cfg, 40, 48)
