@@ -47,7 +47,8 @@ def bench_inference(literal, fast, size: int, repeats: int, seed: int) -> dict:
             times["literal"].append(_timed(lambda: literal(x)))
             times["fast"].append(_timed(lambda: fast(x)))
         out_literal, out_fast = literal(x), fast(x)
-    return _summary(times) | {"input": [1, 3, size, size], "max_abs_output_diff": (out_literal - out_fast).abs().max().item()}
+    diff = (out_literal - out_fast).abs().max().item()
+    return _summary(times) | {"input": [1, 3, size, size], "max_abs_output_diff": diff}
 
 
 def bench_train_step(literal, fast, size: int, repeats: int, seed: int) -> dict:
@@ -72,7 +73,7 @@ def bench_train_step(literal, fast, size: int, repeats: int, seed: int) -> dict:
     first = {}
     for i, (rainy, clean) in enumerate(batches):
         for name in ("literal", "fast"):
-            elapsed = _timed(lambda: step(name, rainy, clean))
+            elapsed = _timed(lambda name=name, rainy=rainy, clean=clean: step(name, rainy, clean))
             if i:  # the first step is a warm-up, and the one compared: both models still hold the same weights
                 times[name].append(elapsed)
             else:

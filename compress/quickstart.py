@@ -35,7 +35,8 @@ def add_streaks(clean: torch.Tensor, seed: int = 0) -> torch.Tensor:
     """Simple vertical-ish grey streaks, blended additively with clipping (Rain100L-like look)."""
     g = torch.Generator().manual_seed(seed)
     _, _, h, w = clean.shape
-    seeds = (torch.rand(1, 1, h, w, generator=g) < 0.004).float() * torch.empty(1, 1, h, w).uniform_(0.4, 1, generator=g)
+    brightness = torch.empty(1, 1, h, w).uniform_(0.4, 1, generator=g)
+    seeds = (torch.rand(1, 1, h, w, generator=g) < 0.004).float() * brightness
     kernel = torch.zeros(1, 1, 21, 5)
     kernel[0, 0, :, 2] = 1.0 / 21  # a 21-pixel vertical line
     streaks = torch.nn.functional.conv2d(seeds, kernel, padding=(10, 2))

@@ -116,7 +116,7 @@ class DRSformerConfig:
         heads=(1, 2, 4, 8),
         ffn_expansion_factor: float = 2.66,
         bias: bool = False,
-        LayerNorm_type: str = "WithBias",  # noqa: N803 (the official keyword)
+        LayerNorm_type: str = "WithBias",  # the official keyword
         mefc: bool = True,
         inp_channels: int = 3,
         out_channels: int = 3,

@@ -312,8 +312,9 @@ class Router(nn.Module):
     def __init__(self, c: int, cfg: MEFCConfig):
         super().__init__()
         self.steps = cfg.steps
+        logits = cfg.steps * NUM_EXPERT_OPS
         self.ca_fc = nn.Sequential(
-            nn.Linear(c, cfg.router_hidden), nn.ReLU(inplace=True), nn.Linear(cfg.router_hidden, cfg.steps * NUM_EXPERT_OPS)
+            nn.Linear(c, cfg.router_hidden), nn.ReLU(inplace=True), nn.Linear(cfg.router_hidden, logits)
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -497,7 +498,7 @@ def load_strict(model: nn.Module, state: dict[str, torch.Tensor], origin: str) -
         for title, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", misshaped)):
             if keys:
                 lines.append(f"  {title} ({len(keys)}): " + ", ".join(keys[:20]) + (" ..." if len(keys) > 20 else ""))
-        lines.append("  Is the config right? e.g. mefc=False for the Rain200L/SPA checkpoints, or the dim/blocks/heads.")
+        lines.append("  Is the config right? e.g. mefc=False for the Rain200L/SPA checkpoints, or dim/blocks/heads.")
         raise ValueError("\n".join(lines))
     model.load_state_dict(state, strict=True)
 

@@ -58,9 +58,8 @@ class LiteralAttention(nn.Module):
         ch = q.shape[2]
         attn = (q @ k.transpose(-2, -1)) * self.temperature
         out = 0
-        for i, ratio in enumerate((1 / 2, 2 / 3, 3 / 4, 4 / 5), start=1):
-            # same float expression as the official int(C/2), int(C*2/3), ...
-            kk = int(ch / 2) if i == 1 else int(ch * (i) / (i + 1))
+        # the official float expressions int(C/2), int(C*2/3), int(C*3/4), int(C*4/5)
+        for i, kk in enumerate((int(ch / 2), int(ch * 2 / 3), int(ch * 3 / 4), int(ch * 4 / 5)), start=1):
             mask = torch.zeros(b, self.num_heads, ch, ch, device=x.device)
             mask.scatter_(-1, torch.topk(attn, k=kk, dim=-1, largest=True)[1], 1.0)
             masked = torch.where(mask > 0, attn, torch.full_like(attn, float("-inf")))
@@ -198,7 +197,7 @@ class LiteralDRSformer(nn.Module):
     """Constructor arguments as the official ``DRSformer`` (+ ``mefc``); input H, W divisible by 8."""
 
     def __init__(self, inp_channels=3, out_channels=3, dim=48, num_blocks=(4, 6, 6, 8), heads=(1, 2, 4, 8),
-                 ffn_expansion_factor=2.66, bias=False, LayerNorm_type="WithBias", mefc=True):  # noqa: N803
+                 ffn_expansion_factor=2.66, bias=False, LayerNorm_type="WithBias", mefc=True):
         super().__init__()
         self.mefc = mefc
 
