@@ -289,3 +289,37 @@ def test_bf16_autocast_training_step_keeps_fp32_gradients():
     # the bf16 forward is close to the fp32 one
     with torch.no_grad():
         assert (model(x) - out.float()).abs().max().item() < 0.1
+
+
+def test_mefc_config_semantics_make_expert_and_step_removal_exact():
+    """An expert (or step) contributing zero can be dropped via the config with identical outputs."""
+    torch.manual_seed(0)
+    cfg = DRSformerConfig.preset("tiny")
+    teacher = DRSformer(cfg).double().eval()
+    mefc = teacher.encoder_level0.layers
+    c = cfg.levels[0].width
+    with torch.no_grad():
+        for p in teacher.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+        mefc[1]._ops[0]._out[0].weight[:, 5 * c:6 * c] = 0  # expert 5 (dil_conv_5x5) of step 0 contributes 0
+        mefc[1]._ops[2]._out[0].weight.zero_()  # step 2 contributes 0: s = relu(0 + s) = s, as s >= 0
+    ops = ((0, 1, 2, 3, 4, 6, 7), (0, 1, 2, 3, 4, 5, 6, 7), (0, 1, 2, 3, 4, 5, 6, 7))
+    student_cfg = replace(cfg, encoder_mefc=MEFCConfig(ops=ops))  # teacher steps 0, 1 and 3 survive
+    state = {}
+    for key, value in teacher.state_dict().items():
+        if key.startswith("encoder_level0.layers.1._ops."):
+            step = int(key.split(".")[4])
+            if step == 2 or key.startswith("encoder_level0.layers.1._ops.0._ops.5."):
+                continue
+            new_step = step - (step > 2)
+            key = key.replace(f"_ops.{step}.", f"_ops.{new_step}.", 1)
+            if key == "encoder_level0.layers.1._ops.0._out.0.weight":
+                value = torch.cat([value[:, :5 * c], value[:, 6 * c:]], 1)
+        elif key == "encoder_level0.layers.0.ca_fc.2.weight" or key == "encoder_level0.layers.0.ca_fc.2.bias":
+            value = torch.cat([value[:16], value[24:]])  # drop step 2's eight router logits
+        state[key] = value
+    student = DRSformer(student_cfg).double().eval()
+    student.load_state_dict(state, strict=True)
+    x = torch.rand(1, 3, 24, 32, dtype=torch.float64)
+    with torch.no_grad():
+        assert (student(x) - teacher(x)).abs().max().item() < 1e-12
