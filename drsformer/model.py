@@ -12,9 +12,12 @@ Forward differences from the official code, each exact up to float rounding:
   prefix of it, so the four masked softmaxes become prefix sums of the same exponentials, and the
   learned mix ``attn1..attn4`` of the four branch outputs becomes one matrix applied to ``v`` once.
 - MSFN runs its grouped second-stage convs (two inputs per output) as depthwise convs plus a pair
-  sum when gradients are needed, and never concatenates their outputs: ``project_out`` is applied as two 1x1 convs on the halves.
+  sum when gradients are needed, and never concatenates their outputs: ``project_out`` is applied as
+  two 1x1 convs on the halves.
 - MEFC folds the per-sample routing weights into the weight of the step's output 1x1 conv instead of
   scaling eight expert outputs.
+- Every depthwise conv has a hand-written backward (``_DepthwiseConv``): oneDNN's CPU depthwise
+  backward is several times slower than the forward.
 """
 
 from __future__ import annotations
