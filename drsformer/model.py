@@ -15,7 +15,7 @@ Forward differences from the official code, each exact up to float rounding:
   sum when gradients are needed, and never concatenates their outputs: ``project_out`` is applied as
   two 1x1 convs on the halves.
 - MEFC folds the per-sample routing weights into the weight of the step's output 1x1 conv instead of
-  scaling eight expert outputs, and applies that conv expert by expert instead of concatenating them.
+  scaling eight expert outputs.
 - Every depthwise conv has a hand-written backward (``_DepthwiseConv``): oneDNN's CPU depthwise
   backward is several times slower than the forward.
 """
@@ -279,14 +279,11 @@ class ExpertStep(nn.Module):
         """x (b, c, h, w); weights (b, 8): softmax routing weights over all eight operations."""
         b, c, h, w = x.shape
         n = len(self.op_index)
+        experts = torch.cat([op(x) for op in self._ops.values()], 1)  # (b, n*c, h, w)
         kept = weights[:, list(self.op_index)]  # (b, n)
-        # out = W @ cat[w_j * e_j] = sum_j (W_j scaled per sample) @ e_j: no (b, n*c, h, w) concatenation
-        # (measured 17-27% faster per step at 256x256); per-sample weights via a grouped conv, groups=b.
-        weight = self._out[0].weight.reshape(c, n, c).transpose(0, 1)[None] * kept.reshape(b, n, 1, 1)
-        out = None
-        for j, op in enumerate(self._ops.values()):
-            y = F.conv2d(op(x).reshape(1, b * c, h, w), weight[:, j].reshape(b * c, c, 1, 1), groups=b)
-            out = y if out is None else out + y
+        # out = W @ cat[w_j * e_j] = (W scaled per sample) @ cat[e_j]; per-sample weights via groups=b.
+        weight = self._out[0].weight.reshape(1, c, n, c) * kept.reshape(b, 1, n, 1)
+        out = F.conv2d(experts.reshape(1, b * n * c, h, w), weight.reshape(b * c, n * c, 1, 1), groups=b)
         return F.relu(out.reshape(b, c, h, w), inplace=True)
 
 
