@@ -81,21 +81,20 @@ def paired_files(root: str | Path) -> list[tuple[Path, Path]]:
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: not a folder (expected <set>/input + <set>/target or <set>/rain + <set>/norain)")
-    folders = {name: _folder(root / name) for name in ("input", "target", "rain", "norain")}
-    if folders["input"] and folders["target"]:
-        rainy, clean = _images(folders["input"]), _images(folders["target"])
-        clean_by_name = {p.name: p for p in clean}
-        rainy_names = {p.name for p in rainy}
-        pairs = [(p, clean_by_name.get(p.name)) for p in rainy]
-        orphans = [str(p) for p in clean if p.name not in rainy_names]
-    elif folders["rain"] and folders["norain"]:
-        rainy, clean = _images(folders["rain"]), _images(folders["norain"])
-        clean_by_name = {p.name: p for p in clean}
-        pairs = [(p, clean_by_name.get("no" + p.name)) for p in rainy]
-        rainy_names = {"no" + p.name for p in rainy}
-        orphans = [str(p) for p in clean if p.name not in rainy_names]
-    else:
+    # (rainy folder, clean folder, prefix that turns a rainy file name into its clean partner's)
+    layouts = (
+        (_folder(root / "input"), _folder(root / "target"), ""),
+        (_folder(root / "rain"), _folder(root / "norain"), "no"),
+    )
+    found = next((layout for layout in layouts if layout[0] and layout[1]), None)
+    if found is None:
         raise DataError(f"{root}: unknown layout; expected input/ + target/ or rain/ + norain/ subfolders")
+    rainy_dir, clean_dir, prefix = found
+    rainy, clean = _images(rainy_dir), _images(clean_dir)
+    clean_by_name = {p.name: p for p in clean}
+    pairs = [(p, clean_by_name.get(prefix + p.name)) for p in rainy]
+    wanted = {prefix + p.name for p in rainy}
+    orphans = [str(p) for p in clean if p.name not in wanted]
     if not pairs:
         raise DataError(f"{root}: no images found (suffixes {', '.join(IMAGE_SUFFIXES)})")
     missing = [str(r) for r, c in pairs if c is None]

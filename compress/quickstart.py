@@ -4,8 +4,8 @@
 
 Until the teacher -> prune -> distill pipeline lands, this is the smallest end-to-end job that runs on
 a fresh machine with no download: it builds ``DRSformer(preset)`` with random weights (so it does not
-derain yet), adds synthetic streaks to scikit-image's bundled ``astronaut`` photo, runs the model, and
-prints params and MACs (the same counter as the paper's numbers) next to the full model's.
+derain yet), adds light synthetic rain (``compress.rain``) to scikit-image's bundled ``astronaut``
+photo, runs the model, and prints params and MACs (the same counter as the paper's numbers) next to the full model's.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from compress.measure import count_macs, count_params
+from compress.rain import add_rain
 from drsformer import PRESETS, DRSformer, DRSformerConfig
 
 
@@ -29,19 +30,6 @@ def builtin_image(size: int = 256) -> torch.Tensor:
 
     img = transform.resize(data.astronaut(), (size, size), anti_aliasing=True)
     return torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32)).permute(2, 0, 1)[None]
-
-
-def add_streaks(clean: torch.Tensor, seed: int = 0) -> torch.Tensor:
-    """Simple vertical-ish grey streaks, blended additively with clipping (Rain100L-like look)."""
-    g = torch.Generator().manual_seed(seed)
-    _, _, h, w = clean.shape
-    brightness = torch.empty(1, 1, h, w).uniform_(0.4, 1, generator=g)
-    seeds = (torch.rand(1, 1, h, w, generator=g) < 0.004).float() * brightness
-    kernel = torch.zeros(1, 1, 21, 5)
-    kernel[0, 0, :, 2] = 1.0 / 21  # a 21-pixel vertical line
-    streaks = torch.nn.functional.conv2d(seeds, kernel, padding=(10, 2))
-    streaks = (streaks / streaks.amax().clamp_min(1e-6) * 0.5).clamp(0, 1)
-    return (clean + streaks).clamp(0, 1)
 
 
 def main(argv=None) -> None:
@@ -55,7 +43,7 @@ def main(argv=None) -> None:
     torch.manual_seed(0)
     cfg = DRSformerConfig.preset(args.preset)
     model = DRSformer(cfg).eval()
-    rainy = add_streaks(builtin_image(args.size))
+    rainy = add_rain(builtin_image(args.size), heaviness=0.0, generator=torch.Generator().manual_seed(0))
     start = time.perf_counter()
     with torch.no_grad():
         derained = model(rainy).clamp(0, 1)
