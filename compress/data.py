@@ -117,3 +117,165 @@ def read_pair(rainy_path: Path, clean_path: Path) -> tuple[torch.Tensor, torch.T
             "a pair must have the same size"
         )
     return rainy, clean
+
+
+# ---------------------------------------------------------------------------------------------- training data
+BUILTIN_IMAGES = ("astronaut", "coffee", "chelsea", "rocket", "motorcycle_left")
+"""Colour photos bundled with scikit-image (public domain or CC0, see skimage/data/README.txt): the embedded
+default training backgrounds, so a fresh machine trains without a download. ``chelsea`` is held out for validation."""
+
+
+def builtin_images(names: tuple[str, ...] = BUILTIN_IMAGES) -> list[torch.Tensor]:
+    """scikit-image's bundled photos as (3, H, W) uint8 tensors."""
+    from skimage import data
+
+    return [torch.from_numpy(np.ascontiguousarray(getattr(data, name)()[..., :3])).permute(2, 0, 1) for name in names]
+
+
+def image_files(folders: list[str | Path]) -> list[Path]:
+    """Every image in ``folders`` (not recursive); ``DataError`` for a missing or empty folder."""
+    files = []
+    for folder in map(Path, folders):
+        if not folder.is_dir():
+            raise DataError(f"{folder}: not a folder of images")
+        found = _images(folder)
+        if not found:
+            raise DataError(f"{folder}: no images found (suffixes {', '.join(IMAGE_SUFFIXES)})")
+        files += found
+    return files
+
+
+def to_uint8(img: torch.Tensor) -> torch.Tensor:
+    """(3, H, W) float in [0, 1] -> uint8 (a quarter of the memory for images cached in RAM)."""
+    return (img * 255).round().clamp(0, 255).to(torch.uint8)
+
+
+def _fingerprint(img: torch.Tensor) -> torch.Tensor:
+    """A 16x16 luma thumbnail in [0, 1]: equal for the same background under recompression or small edits."""
+    y = img.float().mean(0, keepdim=True)[None] / (255.0 if img.dtype == torch.uint8 else 1.0)
+    return torch.nn.functional.adaptive_avg_pool2d(y, 16).flatten()
+
+
+def assert_disjoint(train: list[torch.Tensor], train_names: list[str], test_roots: list[str | Path]) -> None:
+    """Refuse training backgrounds that are the clean target of a test pair (Rain100 leak check).
+
+    Compares 16x16 luma thumbnails of every training image with every test target of the same size
+    (mean absolute difference < 0.01 counts as the same photo).
+    """
+    targets = [(clean, read_image(clean)) for root in test_roots for _, clean in paired_files(root)]
+    for img, name in zip(train, train_names):
+        fp = _fingerprint(img)
+        for path, target in targets:
+            if tuple(target.shape[1:]) == tuple(img.shape[1:]) and (fp - _fingerprint(target)).abs().mean() < 0.01:
+                raise DataError(
+                    f"{name}: training background is the test target {path}; remove it from the training folders "
+                    "(Rain100 backgrounds must never be trained on)"
+                )
+
+
+def _pad_to(img: torch.Tensor, size: int) -> torch.Tensor:
+    """Pad (C, H, W) so both sides are >= ``size`` (reflect, or replicate where the image is too small)."""
+    pad_h, pad_w = max(0, size - img.shape[1]), max(0, size - img.shape[2])
+    if not (pad_h or pad_w):
+        return img
+    mode = "reflect" if pad_h < img.shape[1] and pad_w < img.shape[2] else "replicate"
+    top, left = pad_h // 2, pad_w // 2
+    padded = torch.nn.functional.pad(img[None].float(), (left, pad_w - left, top, pad_h - top), mode=mode)[0]
+    return padded.to(img.dtype)
+
+
+def random_crop(images: tuple[torch.Tensor, ...], size: int, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
+    """The same random ``size`` crop, flip and 90-degree rotation (the official augmentation) of every image.
+
+    Images smaller than ``size`` are padded first (``_pad_to``), never cropped short.
+    """
+    images = tuple(_pad_to(img, size) for img in images)
+    h, w = images[0].shape[1:]
+    top = int(torch.randint(h - size + 1, (1,), generator=gen))
+    left = int(torch.randint(w - size + 1, (1,), generator=gen))
+    flip, rot = torch.randint(2, (1,), generator=gen).item(), torch.randint(4, (1,), generator=gen).item()
+    out = []
+    for img in images:
+        img = img[:, top : top + size, left : left + size]
+        img = img.flip(-1) if flip else img
+        out.append(torch.rot90(img, rot, (1, 2)).contiguous())
+    return tuple(out)
+
+
+class Patches(torch.utils.data.Dataset):
+    """Endless random training patches; item ``i`` depends only on ``(seed, i)``.
+
+    ``images`` holds clean backgrounds (synthetic rain is added later, batched, on the training device),
+    ``(rainy, clean)`` pairs, or rainy photos without ground truth (``role="rainy"``). Because an item is a
+    pure function of its index, a resumed run that skips the batches already seen gets the very same
+    patches, whatever the number of data-loader workers.
+    """
+
+    def __init__(self, images: list, patch_size: int, seed: int, role: str = "clean", length: int = 2**31 - 1):
+        if not images:
+            raise DataError("no training images given")
+        if role not in ("clean", "rainy", "pair"):
+            raise ValueError(f"role must be 'clean', 'rainy' or 'pair', got {role!r}")
+        self.images, self.patch_size, self.seed, self.role, self.length = images, patch_size, seed, role, length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+        item = self.images[int(torch.randint(len(self.images), (1,), generator=gen))]
+        crops = [
+            img.float() / 255 if img.dtype == torch.uint8 else img
+            for img in random_crop(item if self.role == "pair" else (item,), self.patch_size, gen)
+        ]
+        if self.role == "pair":
+            return {"rainy": crops[0], "clean": crops[1]}
+        return {self.role: crops[0]}
+
+
+class PairedImages(torch.utils.data.Dataset):
+    """Whole (rainy, clean) images of a paired set, for validation and evaluation.
+
+    ``source`` is a set folder in either layout, or a Hugging Face ``datasets.Dataset`` with image
+    columns ``rainy_column`` and ``clean_column`` (``hf_pairs`` builds one from a folder).
+    """
+
+    def __init__(self, source, rainy_column: str = "rainy", clean_column: str = "clean"):
+        self.hf = None if isinstance(source, (str, Path)) else source
+        if self.hf is None:
+            self.pairs = paired_files(source)
+            self.names = [rainy.name for rainy, _ in self.pairs]
+        else:
+            missing = [c for c in (rainy_column, clean_column) if c not in self.hf.column_names]
+            if missing:
+                raise DataError(f"dataset has no column(s) {missing}; its columns are {self.hf.column_names}")
+            self.columns = (rainy_column, clean_column)
+            self.names = [f"{i:05d}" for i in range(len(self.hf))]
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, index: int) -> dict:
+        if self.hf is None:
+            rainy, clean = read_pair(*self.pairs[index])
+        else:
+            row = self.hf[index]
+            rainy, clean = (torch.from_numpy(_to_rgb_array(row[c])).permute(2, 0, 1) for c in self.columns)
+            if rainy.shape != clean.shape:
+                raise DataError(f"dataset row {index}: rainy {tuple(rainy.shape)} != clean {tuple(clean.shape)}")
+        return {"rainy": rainy, "clean": clean, "name": self.names[index]}
+
+
+def hf_pairs(root: str | Path):
+    """A Hugging Face ``datasets.Dataset`` (columns ``rainy``, ``clean``: ``Image()``) of a paired set folder."""
+    import datasets
+
+    pairs = paired_files(root)
+    table = {"rainy": [str(r) for r, _ in pairs], "clean": [str(c) for _, c in pairs]}
+    features = datasets.Features({"rainy": datasets.Image(), "clean": datasets.Image()})
+    return datasets.Dataset.from_dict(table, features=features)
+
+
+def load_images(files: list[Path]) -> list[torch.Tensor]:
+    """Decode ``files`` once into uint8 tensors (training backgrounds are small enough to keep in RAM)."""
+    return [to_uint8(read_image(path)) for path in files]

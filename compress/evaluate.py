@@ -1,0 +1,293 @@
+"""Evaluate a DRSformer (teacher or student) and derain folders.
+
+    python -m compress.evaluate score MODEL --paired rain100L=../shared/data/rain100L \
+        --real sirr147=../shared/data/real_rain/sirr147 --out results/eval.json [--tile 256]
+    python -m compress.evaluate derain MODEL my_photos/ derained/ [--side-by-side]
+
+``MODEL`` is a ``save_pretrained`` folder, an official ``.pth`` (with ``--preset``, default ``full``), or
+``identity`` (the rainy input itself: the input-vs-target figures of a set). Paired sets are scored
+with PSNR/SSIM on Y (``compress.metrics``), real rainy photos with NIQE/BRISQUE. ``--tile`` runs
+overlapping tiles with linear blending for images too large for memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from compress.data import DataError, PairedImages, image_files, read_image
+from compress.metrics import NoReference, psnr_y, ssim_y
+from drsformer import PRESETS, DRSformer, DRSformerConfig
+from drsformer.model import PAD_MULTIPLE, atomic_write
+
+
+class Identity(nn.Module):
+    """The 'model' that returns its input: scores the rain itself."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+def load_model(spec: str | Path, preset: str = "full") -> nn.Module:
+    """A model from a ``save_pretrained`` folder, an official ``.pth`` (architecture ``preset``) or ``identity``."""
+    if str(spec) == "identity":
+        return Identity()
+    path = Path(spec)
+    if path.is_dir():
+        return DRSformer.from_pretrained(path)
+    if path.is_file():
+        return DRSformer.from_official(path, DRSformerConfig.preset(preset))
+    raise FileNotFoundError(f"{spec}: neither a save_pretrained folder, an official .pth file, nor 'identity'")
+
+
+def _ramp(n: int, overlap: int, at_start: bool, at_end: bool) -> torch.Tensor:
+    """1-D blending weights of a tile: linear ramps over the overlap, except at the image border."""
+    w = torch.ones(n)
+    if overlap:
+        ramp = torch.linspace(1, overlap, overlap) / (overlap + 1)
+        if not at_start:
+            w[:overlap] = ramp
+        if not at_end:
+            w[-overlap:] = ramp.flip(0)
+    return w
+
+
+def _starts(size: int, tile: int, stride: int) -> list[int]:
+    if size <= tile:
+        return [0]
+    starts = list(range(0, size - tile, stride))
+    return starts + [size - tile]
+
+
+@torch.no_grad()
+def derain(model: nn.Module, rainy: torch.Tensor, tile: int | None = None, overlap: int = 32) -> torch.Tensor:
+    """Derained (B, 3, H, W) in [0, 1]; with ``tile``, overlapping ``tile`` x ``tile`` windows blended linearly."""
+    if tile is None or (rainy.shape[-2] <= tile and rainy.shape[-1] <= tile):
+        return model(rainy).clamp(0, 1)
+    if tile % PAD_MULTIPLE or not 0 <= overlap < tile // 2:
+        raise ValueError(f"tile must be a multiple of {PAD_MULTIPLE} and overlap in [0, tile/2), got {tile}, {overlap}")
+    h, w = rainy.shape[-2:]
+    out = torch.zeros_like(rainy)
+    weight = torch.zeros(1, 1, h, w, dtype=rainy.dtype, device=rainy.device)
+    tops, lefts = _starts(h, tile, tile - overlap), _starts(w, tile, tile - overlap)
+    for top in tops:
+        for left in lefts:
+            window = rainy[..., top : top + tile, left : left + tile]
+            th, tw = window.shape[-2:]
+            wy = _ramp(th, overlap, top == 0, top == tops[-1])
+            wx = _ramp(tw, overlap, left == 0, left == lefts[-1])
+            blend = (wy[:, None] * wx[None, :]).to(rainy)
+            out[..., top : top + th, left : left + tw] += model(window) * blend
+            weight[..., top : top + th, left : left + tw] += blend
+    return (out / weight).clamp(0, 1)
+
+
+def _progress():
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+
+
+def score_paired(
+    model: nn.Module,
+    dataset: PairedImages,
+    tile: int | None = None,
+    progress=None,
+    label: str = "",
+    limit: int | None = None,
+) -> dict:
+    """Mean PSNR/SSIM (Y) over a paired set, images/s."""
+    count = len(dataset) if limit is None else min(limit, len(dataset))
+    task = progress.add_task(label, total=count) if progress else None
+    psnr, ssim, seconds = [], [], 0.0
+    for i in range(count):
+        item = dataset[i]
+        start = time.perf_counter()
+        derained = derain(model, item["rainy"][None], tile)
+        seconds += time.perf_counter() - start
+        psnr.append(psnr_y(derained, item["clean"][None]).item())
+        ssim.append(ssim_y(derained, item["clean"][None]).item())
+        if progress:
+            progress.advance(task)
+    return {
+        "images": count,
+        "psnr_y_db": float(np.mean(psnr)),
+        "ssim_y": float(np.mean(ssim)),
+        "images_per_s": count / max(seconds, 1e-9),
+    }
+
+
+def score_unpaired(
+    model: nn.Module,
+    folder: str | Path,
+    tile: int | None = None,
+    progress=None,
+    label: str = "",
+    limit: int | None = None,
+    scorer: NoReference | None = None,
+) -> dict:
+    """Mean NIQE/BRISQUE of the derained photos of ``folder`` (no ground truth), images/s."""
+    files = image_files([folder])[:limit]
+    scorer = scorer or NoReference()
+    task = progress.add_task(label, total=len(files)) if progress else None
+    scores, seconds = {name: [] for name in scorer.metrics}, 0.0
+    for path in files:
+        rainy = read_image(path)[None]
+        start = time.perf_counter()
+        derained = derain(model, rainy, tile)
+        seconds += time.perf_counter() - start
+        for name, value in scorer(derained).items():
+            scores[name].append(value.item())
+        if progress:
+            progress.advance(task)
+    return {
+        "images": len(files),
+        **{name: float(np.mean(v)) for name, v in scores.items()},
+        "images_per_s": len(files) / max(seconds, 1e-9),
+    }
+
+
+def evaluate(
+    model: nn.Module,
+    paired: dict[str, str | Path] | None = None,
+    real: dict[str, str | Path] | None = None,
+    tile: int | None = None,
+    limit: int | None = None,
+    show: bool = True,
+) -> dict[str, dict]:
+    """Score ``model`` on named paired sets and real-rain folders; ``{set: {metric: value}}``."""
+    from rich.console import Console
+
+    model = model.eval()
+    paired, real = paired or {}, real or {}
+    datasets = {name: PairedImages(root) for name, root in paired.items()}  # layout errors before any work
+    results = {}
+    with _progress() as progress:
+        progress.disable = not show
+        for name, dataset in datasets.items():
+            results[name] = score_paired(model, dataset, tile, progress, name, limit)
+        scorer = NoReference() if real else None
+        for name, folder in real.items():
+            results[name] = score_unpaired(model, folder, tile, progress, name, limit, scorer)
+    if show:
+        Console().print(results_table(results))
+    return results
+
+
+def results_table(results: dict[str, dict]):
+    from rich.table import Table
+
+    table = Table(title="evaluation")
+    columns = ("images", "psnr_y_db", "ssim_y", "niqe", "brisque", "images_per_s")
+    table.add_column("set")
+    for column in columns:
+        table.add_column(column, justify="right")
+    for name, row in results.items():
+        cells = [f"{row[c]:.4f}" if isinstance(row.get(c), float) else str(row.get(c, "-")) for c in columns]
+        table.add_row(name, *cells)
+    return table
+
+
+def derain_folder(
+    model: nn.Module,
+    in_dir: str | Path,
+    out_dir: str | Path,
+    tile: int | None = None,
+    side_by_side: bool = False,
+    show: bool = True,
+) -> list[Path]:
+    """Derain every image of ``in_dir`` into ``out_dir`` under the same file name (and format; JPEG at quality 95).
+
+    ``side_by_side`` saves rainy | derained next to each other instead of the derained image alone.
+    """
+    from PIL import Image
+
+    files = image_files([in_dir])
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    model = model.eval()
+    with _progress() as progress:
+        progress.disable = not show
+        task = progress.add_task("derain", total=len(files))
+        for path in files:
+            rainy = read_image(path)[None]
+            derained = derain(model, rainy, tile)
+            shown = torch.cat([rainy, derained], dim=-1) if side_by_side else derained
+            array = (shown[0].permute(1, 2, 0).numpy() * 255).round().clip(0, 255).astype(np.uint8)
+            target = out_dir / path.name
+            fmt = Image.registered_extensions()[path.suffix.lower()]
+            atomic_write(target, lambda p, a=array, f=fmt: Image.fromarray(a).save(p, format=f, quality=95))
+            written.append(target)
+            progress.advance(task)
+    return written
+
+
+def _named(items: list[str], flag: str) -> dict[str, str]:
+    out = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep:
+            name, path = Path(item).name, item
+        if not Path(path).is_dir():
+            raise DataError(f"{flag} {item}: {path} is not a folder")
+        out[name] = path
+    return out
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    score = sub.add_parser("score", help="PSNR/SSIM on paired sets, NIQE/BRISQUE on real rain")
+    score.add_argument("model")
+    score.add_argument("--paired", nargs="*", default=[], help="NAME=FOLDER of a paired set (input/target layout)")
+    score.add_argument("--real", nargs="*", default=[], help="NAME=FOLDER of real rainy photos (no ground truth)")
+    score.add_argument("--out", type=Path, help="write the record as JSON here")
+    score.add_argument("--limit", type=int, help="only the first N images of each set")
+    rain = sub.add_parser("derain", help="derain a folder of images into another folder")
+    rain.add_argument("model")
+    rain.add_argument("in_dir", type=Path)
+    rain.add_argument("out_dir", type=Path)
+    rain.add_argument("--side-by-side", action="store_true", help="save rainy | derained next to each other")
+    for p in (score, rain):
+        p.add_argument("--preset", default="full", choices=sorted(PRESETS), help="architecture of an official .pth")
+        p.add_argument("--tile", type=int, help="tile size for large images (multiple of 8)")
+        p.add_argument("--threads", type=int, help="torch CPU threads")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = load_model(args.model, args.preset)
+    if args.command == "derain":
+        written = derain_folder(model, args.in_dir, args.out_dir, args.tile, args.side_by_side)
+        print(f"wrote {len(written)} images to {args.out_dir}")
+        return
+    if not args.paired and not args.real:
+        parser.error("score needs --paired and/or --real sets")
+    results = evaluate(model, _named(args.paired, "--paired"), _named(args.real, "--real"), args.tile, args.limit)
+    if args.out:
+        import resource
+        import sys
+
+        peak_rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # kB on Linux
+        record = {
+            "command": " ".join(["python -m compress.evaluate", *sys.argv[1:]]),
+            "model": str(args.model),
+            "tile": args.tile,
+            "limit": args.limit,
+            "threads": torch.get_num_threads(),
+            "peak_rss_gb": round(peak_rss_gb, 2),
+            "sets": results,
+        }
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(args.out, lambda p: Path(p).write_text(json.dumps(record, indent=1) + "\n"))
+        print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

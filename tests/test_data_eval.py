@@ -1,0 +1,138 @@
+"""Training patches, the Rain100 leak check, NIQE/BRISQUE, tiled inference, evaluation and folder deraining."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from compress import evaluate as ev
+from compress.data import (
+    DataError,
+    PairedImages,
+    Patches,
+    assert_disjoint,
+    builtin_images,
+    hf_pairs,
+    paired_files,
+    random_crop,
+    read_image,
+)
+from compress.metrics import NoReference, iqa_dir, psnr_y
+from drsformer import DRSformer, DRSformerConfig
+from tests.test_metrics_data import DATA, need
+
+
+def test_patches_are_a_function_of_the_index_and_cover_small_images():
+    images = [torch.randint(0, 256, (3, 40, 50), dtype=torch.uint8), torch.rand(3, 20, 30)]
+    patches = Patches(images, patch_size=32, seed=3)
+    a, b = patches[7]["clean"], Patches(images, patch_size=32, seed=3)[7]["clean"]
+    assert a.shape == (3, 32, 32) and a.dtype == torch.float32 and torch.equal(a, b)
+    assert not torch.equal(a, patches[8]["clean"])
+    assert not torch.equal(a, Patches(images, patch_size=32, seed=4)[7]["clean"])
+    # the 20x30 image is padded to the patch size, never cropped short
+    shapes = {tuple(patches[i]["clean"].shape) for i in range(20)}
+    assert shapes == {(3, 32, 32)}
+
+
+def test_pair_crops_share_crop_flip_and_rotation():
+    clean = torch.rand(3, 37, 53)
+    rainy = (clean + 0.25).clamp(max=2)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(10):
+        r, c = random_crop((rainy, clean), 16, gen)
+        assert torch.allclose(r, (c + 0.25).clamp(max=2))
+    item = Patches([(rainy, clean)], 16, seed=0, role="pair")[5]
+    assert torch.allclose(item["rainy"], (item["clean"] + 0.25).clamp(max=2))
+
+
+def test_rain100_backgrounds_are_refused_as_training_images():
+    target = paired_files(need(DATA / "rain100L"))[3][1]
+    assert_disjoint(builtin_images(("astronaut",)), ["astronaut"], [DATA / "rain100L"])
+    with pytest.raises(DataError, match=f"{target.name}.*never be trained on"):
+        assert_disjoint([read_image(target)], ["leaked.png"], [DATA / "rain100L"])
+
+
+def test_paired_images_from_a_folder_and_from_a_hf_dataset(tmp_path):
+    for sub in ("input", "target"):
+        (tmp_path / sub).mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)).save(tmp_path / "input" / f"{i}.png")
+        Image.fromarray(rng.integers(0, 256, (12, 16), dtype=np.uint8)).save(tmp_path / "target" / f"{i}.png")
+    folder, hf = PairedImages(tmp_path), PairedImages(hf_pairs(tmp_path))
+    assert len(folder) == len(hf) == 3
+    for i in range(3):
+        assert torch.equal(folder[i]["rainy"], hf[i]["rainy"]) and torch.equal(folder[i]["clean"], hf[i]["clean"])
+        assert folder[i]["clean"].shape == (3, 12, 16)  # grayscale target -> RGB
+    with pytest.raises(DataError, match="no column"):
+        PairedImages(hf_pairs(tmp_path), rainy_column="rain")
+
+
+def test_no_reference_metrics_offline_and_missing_files(monkeypatch, tmp_path):
+    img = read_image(sorted(need(DATA / "real_rain" / "sirr147").iterdir())[0])[None]
+    scores = NoReference()(img)
+    assert set(scores) == {"niqe", "brisque"}
+    assert all(torch.isfinite(v).all() and v.shape == (1,) for v in scores.values())
+    smooth = torch.nn.functional.avg_pool2d(img, 9, stride=1, padding=4)
+    assert NoReference()(smooth)["niqe"] > scores["niqe"]  # blur looks less natural to NIQE
+    monkeypatch.setenv("DRSFORMER_IQA_DIR", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="DRSFORMER_IQA_DIR"):
+        iqa_dir()
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    torch.manual_seed(0)
+    model = DRSformer(DRSformerConfig.preset("tiny")).eval()
+    with torch.no_grad():  # a visible, non-trivial residual so tiling differences would show
+        model.output.weight.mul_(5)
+    return model
+
+
+def test_tiled_inference_matches_whole_image(tiny_model):
+    rainy, clean = read_pair_of(DATA / "rain100H", 0)
+    whole = ev.derain(tiny_model, rainy)
+    tiled = ev.derain(tiny_model, rainy, tile=256, overlap=64)
+    assert tiled.shape == whole.shape
+    assert (whole - rainy).abs().mean() > 0.01  # the model changes the image
+    assert abs(psnr_y(tiled, clean).item() - psnr_y(whole, clean).item()) < 0.05
+    assert torch.allclose(ev.derain(ev.Identity(), rainy, tile=64, overlap=16), rainy, atol=1e-6)  # weights sum to 1
+    with pytest.raises(ValueError, match="multiple of 8"):
+        ev.derain(tiny_model, rainy, tile=100)
+
+
+def read_pair_of(root, index):
+    item = PairedImages(need(root))[index]
+    return item["rainy"][None], item["clean"][None]
+
+
+def test_derain_folder_keeps_names_and_side_by_side(tiny_model, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(np.full((20, 28, 3), 90, np.uint8)).save(src / "a.png")
+    Image.fromarray(np.full((17, 9, 3), 200, np.uint8)).save(src / "b.jpg")
+    written = ev.derain_folder(tiny_model, src, tmp_path / "out", show=False)
+    assert sorted(p.name for p in written) == ["a.png", "b.jpg"]
+    assert read_image(tmp_path / "out" / "b.jpg").shape == (3, 17, 9)
+    ev.derain_folder(tiny_model, src, tmp_path / "pairs", side_by_side=True, show=False)
+    assert read_image(tmp_path / "pairs" / "a.png").shape == (3, 20, 56)
+    assert not list((tmp_path / "out").glob("*.tmp*"))
+
+
+def test_evaluate_cli_writes_a_record_and_loads_saved_models(tiny_model, tmp_path):
+    tiny_model.save_pretrained(tmp_path / "m")
+    out = tmp_path / "eval.json"
+    ev.main(
+        ["score", str(tmp_path / "m"), "--paired", f"L={need(DATA / 'rain100L')}", "--limit", "2", "--out", str(out)]
+    )
+    record = json.loads(out.read_text())
+    row = record["sets"]["L"]
+    assert row["images"] == 2 and 5 < row["psnr_y_db"] < 60 and 0 < row["ssim_y"] <= 1
+    with pytest.raises(FileNotFoundError, match="save_pretrained folder"):
+        ev.load_model(tmp_path / "nothing")
+    with pytest.raises(DataError, match="not a folder"):
+        ev.main(["score", "identity", "--paired", f"x={tmp_path / 'missing'}"])
