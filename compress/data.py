@@ -120,16 +120,16 @@ def read_pair(rainy_path: Path, clean_path: Path) -> tuple[torch.Tensor, torch.T
 
 
 # ---------------------------------------------------------------------------------------------- training data
-BUILTIN_IMAGES = ("astronaut", "coffee", "chelsea", "rocket", "motorcycle_left")
+BUILTIN_IMAGES = ("astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "motorcycle_left.png")
 """Colour photos bundled with scikit-image (public domain or CC0, see skimage/data/README.txt): the embedded
 default training backgrounds, so a fresh machine trains without a download. ``chelsea`` is held out for validation."""
 
 
 def builtin_images(names: tuple[str, ...] = BUILTIN_IMAGES) -> list[torch.Tensor]:
-    """scikit-image's bundled photos as (3, H, W) uint8 tensors."""
+    """scikit-image's bundled photos (files in ``skimage.data.data_dir``) as (3, H, W) uint8 tensors."""
     from skimage import data
 
-    return [torch.from_numpy(np.ascontiguousarray(getattr(data, name)()[..., :3])).permute(2, 0, 1) for name in names]
+    return load_images([Path(data.data_dir) / name for name in names])
 
 
 def image_files(folders: list[str | Path]) -> list[Path]:
@@ -279,3 +279,60 @@ def hf_pairs(root: str | Path):
 def load_images(files: list[Path]) -> list[torch.Tensor]:
     """Decode ``files`` once into uint8 tensors (training backgrounds are small enough to keep in RAM)."""
     return [to_uint8(read_image(path)) for path in files]
+
+
+# ------------------------------------------------------------------------------ from a recipe's data section
+def _backgrounds(folders: list[str], builtin: tuple[str, ...]) -> tuple[list[torch.Tensor], list[str]]:
+    images, names = [], []
+    folders = list(folders)
+    if "builtin" in folders:
+        folders.remove("builtin")
+        images += builtin_images(builtin)
+        names += [f"skimage:{name}" for name in builtin]
+    files = image_files(folders) if folders else []
+    return images + load_images(files), names + [str(f) for f in files]
+
+
+VALIDATION_IMAGES = ("chelsea.png",)  # the built-in photo held out of training
+TRAIN_IMAGES = tuple(n for n in BUILTIN_IMAGES if n not in VALIDATION_IMAGES)
+
+
+def training_patches(cfg, seed: int) -> tuple[Patches, Patches | None]:
+    """Clean-background patches (synthetic rain is added per batch) and, if asked, real-rain patches.
+
+    ``cfg`` is a recipe's ``DataConfig``. Backgrounds are checked against ``cfg.leak_check`` test sets.
+    """
+    images, names = _backgrounds(cfg.backgrounds, TRAIN_IMAGES)
+    if cfg.leak_check:
+        assert_disjoint(images, names, cfg.leak_check)
+    clean = Patches(images, cfg.patch_size, seed, role="clean")
+    real = None
+    if cfg.real_rain:
+        real = Patches(load_images(image_files(cfg.real_rain)), cfg.patch_size, seed + 1, role="rainy")
+    return clean, real
+
+
+def validation_sets(cfg) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """``{name: (rainy, clean)}`` batches for validation, identical on every call and every process.
+
+    Held-out backgrounds (centre-cropped to ``cfg.val_size``) with fixed light and heavy synthetic rain,
+    plus the first images of each paired folder in ``cfg.val_sets`` (centre-cropped the same way).
+    """
+    from compress.rain import add_rain
+
+    def centre(img: torch.Tensor) -> torch.Tensor:
+        img = _pad_to(img, cfg.val_size)
+        top, left = (img.shape[1] - cfg.val_size) // 2, (img.shape[2] - cfg.val_size) // 2
+        return img[:, top : top + cfg.val_size, left : left + cfg.val_size]
+
+    sets = {}
+    if cfg.val_backgrounds:
+        images, _ = _backgrounds(cfg.val_backgrounds, VALIDATION_IMAGES)
+        clean = torch.stack([centre(img).float() / 255 for img in images])
+        for label, heaviness in (("light", 0.0), ("heavy", 1.0)):
+            rainy = add_rain(clean, heaviness, torch.Generator().manual_seed(12345))
+            sets[f"synthetic_{label}"] = (rainy, clean)
+    for name, root in cfg.val_sets.items():
+        pairs = [read_pair(*p) for p in paired_files(root)[:8]]
+        sets[name] = tuple(torch.stack([centre(t) for t in ts]) for ts in zip(*pairs))
+    return sets

@@ -61,8 +61,9 @@ def main(argv=None) -> None:
     table = Table(title=f"DRSformer '{args.preset}' (random init) vs the paper model")
     for column in ("model", "params", f"GMACs @ {args.size}x{args.size}", "CPU forward (s)"):
         table.add_column(column)
-    table.add_row(args.preset, f"{count_params(model):,}", f"{count_macs(cfg, args.size, args.size) / 1e9:.3f}",
-                  f"{seconds:.2f}")
+    table.add_row(
+        args.preset, f"{count_params(model):,}", f"{count_macs(cfg, args.size, args.size) / 1e9:.3f}", f"{seconds:.2f}"
+    )
     with torch.device("meta"):
         full_params = count_params(DRSformer(full))
     table.add_row("full (paper)", f"{full_params:,}", f"{count_macs(full, args.size, args.size) / 1e9:.1f}", "-")

@@ -51,7 +51,7 @@ def test_pair_crops_share_crop_flip_and_rotation():
 
 def test_rain100_backgrounds_are_refused_as_training_images():
     target = paired_files(need(DATA / "rain100L"))[3][1]
-    assert_disjoint(builtin_images(("astronaut",)), ["astronaut"], [DATA / "rain100L"])
+    assert_disjoint(builtin_images(("astronaut.png",)), ["astronaut"], [DATA / "rain100L"])
     with pytest.raises(DataError, match=f"{target.name}.*never be trained on"):
         assert_disjoint([read_image(target)], ["leaked.png"], [DATA / "rain100L"])
 

@@ -1,0 +1,247 @@
+"""Typed recipes: one YAML per experiment, validated before any work.
+
+``load_recipe("recipes/prune50_distill.yaml", ["train.lr=1.0e-4"])`` -> ``Recipe``. Every model is a pydantic
+v2 model with ``extra="forbid"`` and ``frozen=True``: unknown keys and wrong types are errors that name the
+YAML path (``train.lr: Input should be a valid number``), prefixed with the file name. Defaults live here
+and only here. Leaving out ``prune``/``distill``/``lora``/``teacher`` skips that stage.
+
+Why pydantic and not dataclasses: typed paths in errors and tagged unions come for free.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from drsformer import PRESETS, DRSformerConfig
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSpec(Strict):
+    """The architecture of a model trained from scratch: a preset, or the official constructor's keywords."""
+
+    preset: str | None = "tiny"
+    dim: int | None = None
+    num_blocks: tuple[int, int, int, int] | None = None
+    heads: tuple[int, int, int, int] | None = None
+    ffn_expansion_factor: float = 2.66
+    mefc: bool = True
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if self.dim is None and self.preset not in PRESETS:
+            raise ValueError(
+                f"preset must be one of {sorted(PRESETS)} (or give dim/num_blocks/heads), got {self.preset!r}"
+            )
+        return self
+
+    def config(self) -> DRSformerConfig:
+        if self.dim is None:
+            return DRSformerConfig.preset(self.preset)
+        return DRSformerConfig.from_official_kwargs(
+            dim=self.dim,
+            num_blocks=self.num_blocks or (4, 6, 6, 8),
+            heads=self.heads or (1, 2, 4, 8),
+            ffn_expansion_factor=self.ffn_expansion_factor,
+            mefc=self.mefc,
+        )
+
+
+class DataConfig(Strict):
+    """Training patches: clean backgrounds with synthetic rain made on the fly, optional real rain."""
+
+    backgrounds: list[str] = ["builtin"]  # folders of clean photos; "builtin" = scikit-image's bundled photos
+    patch_size: int = Field(128, ge=16)
+    heaviness: tuple[float, float] = (0.0, 1.0)  # synthetic rain sampled uniformly: 0 Rain100L-like .. 1 Rain100H-like
+    real_rain: list[str] = []  # folders of rainy photos without ground truth (distillation targets only)
+    real_rain_fraction: float = Field(0.0, ge=0.0, lt=1.0)  # share of each batch drawn from real_rain
+    val_backgrounds: list[str] = ["builtin"]  # held-out clean photos, rained at heaviness 0 and 1 for validation
+    val_sets: dict[str, str] = {}  # extra paired folders for validation (input/target layout)
+    val_size: int = Field(256, ge=32)  # validation images are centre-cropped to this (cheap, same every time)
+    leak_check: list[str] = []  # paired test sets whose targets must not be training backgrounds
+    workers: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _check(self):
+        lo, hi = self.heaviness
+        if not 0 <= lo <= hi <= 1:
+            raise ValueError(f"heaviness must be [lo, hi] with 0 <= lo <= hi <= 1, got {list(self.heaviness)}")
+        if self.real_rain_fraction > 0 and not self.real_rain:
+            raise ValueError("real_rain_fraction > 0 needs real_rain folders")
+        return self
+
+
+class TrainConfig(Strict):
+    """The official DRSformer schedule by default (``../shared/DRSFORMER.md``); counting in steps."""
+
+    steps: int = Field(300_000, ge=1)
+    batch_size: int = Field(16, ge=1)  # patches per optimizer step over all processes (official: 4 per GPU x 4)
+    grad_accum: int = Field(1, ge=1)
+    lr: float = Field(3.0e-4, gt=0)
+    lr_hold_steps: int = Field(92_000, ge=0)  # constant lr, then cosine to lr_min over the rest (if any)
+    lr_min: float = Field(1.0e-6, ge=0)
+    weight_decay: float = Field(1.0e-4, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float | None = Field(0.01, gt=0)  # global grad-norm clip (upstream hard-codes 0.01)
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    eval_every: int = Field(5000, ge=1)
+    save_every: int = Field(5000, ge=1)
+    log_every: int = Field(100, ge=1)
+    tensorboard: bool = False
+    threads: int | None = Field(None, ge=1)  # torch CPU threads per process
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.lr_min > self.lr:
+            raise ValueError(f"lr_min ({self.lr_min}) > lr ({self.lr})")
+        return self
+
+
+class EvalConfig(Strict):
+    paired: dict[str, str] = {}  # name -> paired folder, scored with PSNR/SSIM (Y)
+    real: dict[str, str] = {}  # name -> folder of real rainy photos, scored with NIQE/BRISQUE
+    limit: int | None = Field(None, ge=1)  # first N images per set (quick runs)
+    tile: int | None = Field(None, ge=32)
+    latency_size: int = Field(256, ge=32)  # CPU latency is measured at this square size
+    latency_repeats: int = Field(3, ge=1)
+
+
+class TeacherSpec(Strict):
+    """Where the teacher comes from: a ``save_pretrained`` folder, an official ``.pth``, or a recipe to train."""
+
+    path: str | None = None
+    preset: str = "full"  # architecture of an official .pth
+    recipe: str | None = None  # a teacher recipe; trained first unless its final model exists
+
+    @model_validator(mode="after")
+    def _one(self):
+        if (self.path is None) == (self.recipe is None):
+            raise ValueError("give exactly one of teacher.path and teacher.recipe")
+        return self
+
+
+class PruneConfig(Strict):
+    """Structured pruning (``compress.prune``). Ratios are the share of each unit removed."""
+
+    criterion: Literal["l1", "l2", "taylor", "random"] = "l1"
+    target_macs: float | None = Field(None, gt=0, le=1)  # keep <= this share of the teacher's MACs (global ranking)
+    target_params: float | None = Field(None, gt=0, le=1)
+    units: list[Literal["head_channels", "heads", "ffn", "experts", "steps", "blocks", "width"]] = [
+        "head_channels",
+        "ffn",
+        "experts",
+    ]
+    ratios: dict[str, float] = {}  # per-unit ratio, instead of a global target
+    calibration_batches: int = Field(4, ge=1)
+    calibration_batch_size: int = Field(4, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self):
+        if not self.ratios and self.target_macs is None and self.target_params is None:
+            raise ValueError("give ratios, target_macs or target_params")
+        for unit, ratio in self.ratios.items():
+            if not 0 <= ratio < 1:
+                raise ValueError(f"ratios.{unit}: {ratio} is outside [0, 1)")
+        return self
+
+
+class DistillConfig(Strict):
+    """Loss weights of the student's training; teacher frozen. ``taps`` are module paths of both networks."""
+
+    gt_weight: float = Field(1.0, ge=0)  # L1 to the clean image (synthetic pairs only)
+    output_weight: float = Field(1.0, ge=0)  # L1 to the teacher's output
+    feature_weight: float = Field(0.0, ge=0)
+    taps: list[str] = ["encoder_level1", "encoder_level2", "encoder_level3", "latent", "decoder_level1"]
+    adapters: Literal["conv1x1", "kept_channels"] = "conv1x1"  # kept_channels: compare the channels pruning kept
+    attention_weight: float = Field(0.0, ge=0)  # L1 between TKSA attention maps of matching heads
+
+
+class LoraConfig(Strict):
+    """LoRA recovery (peft) on the student's 1x1 convs, merged into plain weights at export."""
+
+    rank: int = Field(4, ge=1)
+    alpha: float = Field(8.0, gt=0)
+    targets: list[str] = ["qkv", "project_out", "project_in"]  # name suffixes of 1x1 convs
+
+
+class Recipe(Strict):
+    name: str
+    seed: int = 100
+    model: ModelSpec = ModelSpec()  # the architecture when training from scratch
+    teacher: TeacherSpec | None = None
+    prune: PruneConfig | None = None
+    distill: DistillConfig | None = None
+    lora: LoraConfig | None = None
+    student_init: Literal["pruned", "random"] = "pruned"  # random: the same student config from scratch
+    data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    out_dir: str = "runs"  # checkpoints go to <out_dir>/<name>/
+
+    @model_validator(mode="after")
+    def _check(self):
+        if (self.prune or self.distill or self.lora) and self.teacher is None:
+            raise ValueError("prune/distill/lora need a teacher")
+        if self.student_init == "random" and self.prune is None:
+            raise ValueError("student_init: random needs prune (it defines the student's config)")
+        if self.data.real_rain_fraction > 0 and self.distill is None:
+            raise ValueError("data.real_rain_fraction > 0 needs distill (real rain has no ground truth)")
+        return self
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir) / self.name
+
+
+class RecipeError(ValueError):
+    """A recipe file that cannot be used; the message names the file and the YAML path."""
+
+
+def _set(tree: dict, dotted: str, value) -> None:
+    keys = dotted.split(".")
+    for key in keys[:-1]:
+        node = tree.get(key)
+        if node is None:
+            node = tree[key] = {}
+        if not isinstance(node, dict):
+            raise RecipeError(f"--set {dotted}: {key} is not a section")
+        tree = node
+    tree[keys[-1]] = value
+
+
+def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
+    """Read, override (``key.sub=value``, value parsed as YAML) and validate a recipe; ``name`` defaults to the stem."""
+    path = Path(path)
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError as err:
+        raise RecipeError(f"{path}: recipe file not found") from err
+    except yaml.YAMLError as err:
+        raise RecipeError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(tree, dict):
+        raise RecipeError(f"{path}: expected a mapping at the top level, got {type(tree).__name__}")
+    tree.setdefault("name", path.stem)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise RecipeError(f"--set {item!r}: expected key.path=value")
+        _set(tree, key, yaml.safe_load(text))
+    try:
+        return Recipe.model_validate(tree)
+    except ValidationError as err:
+        lines = [f"{path}: {err.error_count()} problem(s)"]
+        for e in err.errors():
+            where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+            lines.append(f"  {where}: {e['msg']}" + (f" (got {_short(e['input'])})" if e["type"] != "missing" else ""))
+        raise RecipeError("\n".join(lines)) from None
+
+
+def _short(value, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -1,0 +1,303 @@
+"""``fit()``: the one training loop (Hugging Face Accelerate), teachers and students alike.
+
+A student run passes a ``distiller`` (frozen teacher, feature taps, adapters); that is the only difference.
+Counting is in steps, as the upstream iteration schedules are; the loader is endless. Resuming is exact:
+the patches are a pure function of their index (``compress.data.Patches``), the synthetic rain of a batch
+is a pure function of ``(seed, step, micro-batch, rank)``, the lr a pure function of the step, and
+``accelerator.save_state`` restores weights, optimizer moments and RNG states.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from torch import nn
+
+from compress.metrics import psnr_y, ssim_y
+from compress.rain import add_rain
+from drsformer.model import atomic_write
+
+STATE, BEST, FINAL = "state", "best", "final"  # sub-folders of a run directory
+
+
+@dataclass
+class TrainSummary:
+    steps: int
+    seconds: float
+    patches_per_s: float
+    last_loss: float
+    val: dict[str, dict[str, float]] = field(default_factory=dict)  # last validation, per set
+    best_psnr_y_db: float | None = None
+    best_step: int | None = None
+    ranks: int = 1
+    rank_weight_sums: list[float] = field(default_factory=list)  # identical across ranks, or training diverged
+    rank_first_patch_sums: list[float] = field(default_factory=list)  # different: ranks saw different data
+    resumed_from: int = 0
+
+
+def make_accelerator(cfg, run_dir: Path) -> Accelerator:
+    """Accelerator for a recipe's ``TrainConfig``; CPU-only machines run gloo processes (``../shared/INSTALL.md``)."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    return Accelerator(
+        cpu=not torch.cuda.is_available(),
+        mixed_precision=cfg.mixed_precision,
+        gradient_accumulation_steps=cfg.grad_accum,
+        log_with="tensorboard" if cfg.tensorboard else None,
+        project_dir=str(run_dir),
+    )
+
+
+def lr_at(cfg, step: int) -> float:
+    """Official schedule: ``lr`` held ``lr_hold_steps``, then cosine-annealed to ``lr_min`` by ``steps``."""
+    if step < cfg.lr_hold_steps:
+        return cfg.lr
+    span = max(1, cfg.steps - cfg.lr_hold_steps)
+    t = min(1.0, (step - cfg.lr_hold_steps) / span)
+    return cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1 + math.cos(math.pi * t))
+
+
+def rain_generator(seed: int, step: int, micro: int, rank: int, device) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(((seed * 1_000_003 + step) * 64 + micro) * 1024 + rank)
+
+
+def synthesize(clean: torch.Tensor, heaviness: tuple[float, float], gen: torch.Generator) -> torch.Tensor:
+    """Rainy versions of a clean batch, each with its own heaviness drawn from ``heaviness``."""
+    lo, hi = heaviness
+    t = lo + (hi - lo) * torch.rand(clean.shape[0], generator=gen, device=clean.device)
+    return add_rain(clean, t, gen)
+
+
+@torch.no_grad()
+def validate(model: nn.Module, sets: dict[str, tuple[torch.Tensor, torch.Tensor]], device) -> dict[str, dict]:
+    """PSNR/SSIM (Y) per validation set; every process computes the same numbers (no communication)."""
+    was_training = model.training
+    model.eval()
+    out = {}
+    for name, (rainy, clean) in sets.items():
+        derained = torch.cat([model(rainy[i : i + 1].to(device)).float().cpu() for i in range(len(rainy))])
+        out[name] = {
+            "psnr_y_db": psnr_y(derained, clean).mean().item(),
+            "ssim_y": ssim_y(derained, clean).mean().item(),
+        }
+    model.train(was_training)
+    return out
+
+
+def _loader(dataset, batch_size: int, workers: int):
+    if dataset is None or batch_size == 0:
+        return None
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
+
+
+def _swap_in(tmp: Path, final: Path) -> None:
+    """Replace the folder ``final`` by ``tmp`` so that one complete copy exists at every moment."""
+    old = final.with_name(final.name + ".old")
+    if final.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def latest_state(run_dir: Path) -> Path | None:
+    """The newest complete training state of a run (``state``, or ``state.old`` if a swap was interrupted)."""
+    for name in (STATE, STATE + ".old"):
+        if (run_dir / name / "progress.json").is_file():
+            return run_dir / name
+    return None
+
+
+def fit(
+    model: nn.Module,
+    cfg,
+    data,
+    accelerator: Accelerator,
+    run_dir: Path,
+    *,
+    seed: int,
+    heaviness: tuple[float, float] = (0.0, 1.0),
+    real_fraction: float = 0.0,
+    val_sets: dict | None = None,
+    distiller=None,
+    workers: int = 0,
+    resume: bool = False,
+    recipe: dict | None = None,
+    show: bool = True,
+) -> TrainSummary:
+    """Train ``model`` for ``cfg.steps`` optimizer steps (``cfg``: a recipe's ``TrainConfig``).
+
+    ``data`` is ``(clean_patches, real_rain_patches | None)`` from ``compress.data.training_patches``. Without
+    a ``distiller`` the loss is L1 between the output and the clean image (the official loss); with one,
+    ``distiller(rainy, derained, clean)`` returns the weighted loss terms and the real-rain patches (no
+    ground truth) join each batch. Writes ``run_dir/state`` every ``save_every`` steps and at the end,
+    ``run_dir/best`` (best mean validation PSNR) and ``run_dir/final`` with ``save_pretrained``.
+    """
+    run_dir = Path(run_dir)
+    world, rank, device = accelerator.num_processes, accelerator.process_index, accelerator.device
+    per_process, rest = divmod(cfg.batch_size, world * cfg.grad_accum)
+    if rest or per_process == 0:
+        raise ValueError(
+            f"train.batch_size ({cfg.batch_size}) is not a multiple of processes x grad_accum"
+            f" ({world} x {cfg.grad_accum})"
+        )
+    n_real = max(1, round(per_process * real_fraction)) if real_fraction > 0 and distiller is not None else 0
+    if n_real >= per_process:
+        raise ValueError(f"data.real_rain_fraction leaves no synthetic patch in a batch of {per_process} per process")
+    clean_patches, real_patches = data
+    extra = list(distiller.trainable_parameters()) if distiller is not None else []
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad] + extra,
+        lr=cfg.lr,
+        betas=cfg.betas,
+        weight_decay=cfg.weight_decay,
+    )
+    loaders = [_loader(clean_patches, per_process - n_real, workers), _loader(real_patches, n_real, workers)]
+    model, optimizer = accelerator.prepare(model, optimizer)
+    loaders = [accelerator.prepare(loader) if loader is not None else None for loader in loaders]
+    if distiller is not None:
+        distiller.prepare(accelerator)
+
+    start, best = 0, {"psnr": None, "step": None}
+    state = latest_state(run_dir) if resume else None
+    if state is not None:
+        accelerator.load_state(str(state))
+        progress_info = json.loads((state / "progress.json").read_text())
+        start, best = progress_info["step"], progress_info["best"]
+        accelerator.print(f"resumed {run_dir} at step {start}")
+    micro_batches = start * cfg.grad_accum
+    iters = [
+        iter(accelerator.skip_first_batches(loader, micro_batches) if micro_batches else loader) if loader else None
+        for loader in loaders
+    ]
+    if cfg.tensorboard:
+        accelerator.init_trackers(run_dir.name)
+
+    def save_state(step: int) -> None:
+        tmp = run_dir / (STATE + ".tmp")
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(tmp))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            info = {"step": step, "best": best, "recipe": recipe}
+            (tmp / "progress.json").write_text(json.dumps(info, indent=1))
+            _swap_in(tmp, run_dir / STATE)
+        accelerator.wait_for_everyone()
+
+    first_patch_sum, last_loss, val = None, float("nan"), {}
+    started = time.perf_counter()
+    progress = _progress(accelerator.is_main_process and show)
+    task = progress.add_task("train", total=cfg.steps, completed=start, loss=float("nan"), lr=cfg.lr, pps=0.0)
+    model.train()
+    with progress:
+        for step in range(start, cfg.steps):
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(cfg, step)
+            for micro in range(cfg.grad_accum):
+                clean = next(iters[0])["clean"]
+                if first_patch_sum is None:
+                    first_patch_sum = clean.double().sum().item()
+                rainy = synthesize(clean, heaviness, rain_generator(seed, step, micro, rank, device))
+                if iters[1] is not None:
+                    rainy = torch.cat([rainy, next(iters[1])["rainy"]])
+                with accelerator.accumulate(model):
+                    derained = model(rainy)
+                    if distiller is None:
+                        terms = {"l1": F.l1_loss(derained.float(), clean)}
+                    else:
+                        terms = distiller(rainy, derained, clean)
+                    loss = sum(terms.values())
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients and cfg.grad_clip is not None:
+                        accelerator.clip_grad_norm_(
+                            [p for g in optimizer.param_groups for p in g["params"]], cfg.grad_clip
+                        )
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+            last_loss = loss.item()
+            done = step + 1
+            patches_per_s = (done - start) * cfg.batch_size / (time.perf_counter() - started)
+            progress.update(task, completed=done, loss=last_loss, lr=optimizer.param_groups[0]["lr"], pps=patches_per_s)
+            if done % cfg.log_every == 0 or done == cfg.steps:
+                logged = {
+                    "loss": last_loss,
+                    "lr": optimizer.param_groups[0]["lr"],
+                    **{k: v.item() for k, v in terms.items()},
+                }
+                if cfg.tensorboard:
+                    accelerator.log(logged, step=done)
+            if val_sets and (done % cfg.eval_every == 0 or done == cfg.steps):
+                val = validate(accelerator.unwrap_model(model), val_sets, device)
+                mean_psnr = sum(v["psnr_y_db"] for v in val.values()) / len(val)
+                if cfg.tensorboard:
+                    accelerator.log({f"val/{k}/psnr_y_db": v["psnr_y_db"] for k, v in val.items()}, step=done)
+                if best["psnr"] is None or mean_psnr > best["psnr"]:
+                    best = {"psnr": mean_psnr, "step": done}
+                    if accelerator.is_main_process:
+                        _export(accelerator, model, distiller, run_dir / BEST)
+                progress.console.print(
+                    f"step {done}: loss {last_loss:.4f}  "
+                    + "  ".join(f"{k} {v['psnr_y_db']:.2f} dB" for k, v in val.items())
+                )
+            if done % cfg.save_every == 0 or done == cfg.steps:
+                save_state(done)
+    seconds = time.perf_counter() - started
+    if accelerator.is_main_process:
+        _export(accelerator, model, distiller, run_dir / FINAL)
+    if cfg.tensorboard:
+        accelerator.end_training()
+    checks = torch.tensor(
+        [sum(p.double().sum().item() for p in accelerator.unwrap_model(model).parameters()), first_patch_sum or 0.0],
+        dtype=torch.float64,
+        device=device,
+    )
+    gathered = accelerator.gather(checks[None]).view(-1, 2).cpu()
+    return TrainSummary(
+        steps=cfg.steps,
+        seconds=seconds,
+        patches_per_s=(cfg.steps - start) * cfg.batch_size / max(seconds, 1e-9),
+        last_loss=last_loss,
+        val=val,
+        best_psnr_y_db=best["psnr"],
+        best_step=best["step"],
+        ranks=world,
+        rank_weight_sums=gathered[:, 0].tolist(),
+        rank_first_patch_sums=gathered[:, 1].tolist(),
+        resumed_from=start,
+    )
+
+
+def _export(accelerator: Accelerator, model: nn.Module, distiller, out: Path) -> None:
+    """The deliverable: a plain ``DRSformer`` (LoRA merged by the distiller's ``export`` if it has one)."""
+    plain = accelerator.unwrap_model(model)
+    if distiller is not None and hasattr(distiller, "export"):
+        plain = distiller.export(plain)
+    plain.save_pretrained(out)
+
+
+def write_summary(summary: TrainSummary, path: Path) -> None:
+    atomic_write(path, lambda p: Path(p).write_text(json.dumps(asdict(summary), indent=1) + "\n"))
+
+
+def _progress(enabled: bool):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.2e}  {task.fields[pps]:.1f} patches/s"),
+        TimeRemainingColumn(),
+        disable=not enabled,
+    )

@@ -1,0 +1,138 @@
+"""Recipes, fit(), exact resume after SIGKILL, and two real CPU processes under accelerate launch."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from compress.recipe import RecipeError, load_recipe
+from compress.train import lr_at
+from drsformer import DRSformer
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = """
+model: {preset: "tiny"}
+data: {patch_size: 32, val_size: 32}
+train: {steps: STEPS, batch_size: 2, lr: 1.0e-3, lr_hold_steps: 2, eval_every: 3, save_every: 2, log_every: 1}
+"""
+
+
+def tiny_recipe(tmp_path: Path, steps: int = 6, name: str = "teacher_test") -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(TINY.replace("STEPS", str(steps)) + f'out_dir: "{tmp_path / "runs"}"\n')
+    return path
+
+
+def env() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def test_recipe_errors_name_file_and_path(tmp_path):
+    path = tiny_recipe(tmp_path)
+    recipe = load_recipe(path, ["train.lr=5.0e-4", "eval.limit=3"])
+    assert recipe.name == "teacher_test" and recipe.train.lr == 5e-4 and recipe.eval.limit == 3
+    with pytest.raises(RecipeError, match=r"teacher_test.yaml.*\n  train.lrr: Extra inputs are not permitted"):
+        load_recipe(path, ["train.lrr=1"])
+    with pytest.raises(RecipeError, match=r"train.steps: Input should be a valid integer"):
+        load_recipe(path, ["train.steps=many"])
+    with pytest.raises(RecipeError, match=r"data: Value error, heaviness"):
+        load_recipe(path, ["data.heaviness=[0.8, 0.2]"])
+    with pytest.raises(RecipeError, match="prune/distill/lora need a teacher"):
+        load_recipe(path, ["distill={}"])
+    with pytest.raises(RecipeError, match="missing.yaml: recipe file not found"):
+        load_recipe(tmp_path / "missing.yaml")
+    (tmp_path / "bad.yaml").write_text("train: [1, 2")
+    with pytest.raises(RecipeError, match="bad.yaml: not valid YAML"):
+        load_recipe(tmp_path / "bad.yaml")
+
+
+def test_official_schedule_is_the_default():
+    recipe = load_recipe(ROOT / "recipes" / "teacher_full.yaml")
+    t = recipe.train
+    assert (t.steps, t.batch_size, t.lr, t.lr_hold_steps, t.lr_min) == (300_000, 16, 3e-4, 92_000, 1e-6)
+    assert (t.weight_decay, t.betas, t.grad_clip, recipe.seed, recipe.data.patch_size) == (
+        1e-4,
+        (0.9, 0.999),
+        0.01,
+        100,
+        128,
+    )
+    assert recipe.model.config().levels[3].width == 384  # the paper model
+    assert lr_at(t, 0) == lr_at(t, 91_999) == 3e-4
+    assert lr_at(t, 92_000 + 104_000) == pytest.approx((3e-4 + 1e-6) / 2)
+    assert lr_at(t, 300_000) == pytest.approx(1e-6)
+
+
+def run_teacher(recipe: Path, *extra: str, **kwargs) -> subprocess.Popen:
+    cmd = [sys.executable, str(ROOT / "compress" / "train_teacher.py"), str(recipe), *extra]
+    return subprocess.Popen(cmd, env=env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kwargs)
+
+
+def finish(proc: subprocess.Popen) -> str:
+    out = proc.communicate(timeout=600)[0].decode()
+    assert proc.returncode == 0, out[-3000:]
+    return out
+
+
+def test_fit_trains_and_exports_a_plain_drsformer(tmp_path):
+    finish(run_teacher(tiny_recipe(tmp_path, steps=3)))
+    run = tmp_path / "runs" / "teacher_test"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 3 and summary["best_step"] == 3 and summary["ranks"] == 1
+    assert set(summary["val"]) == {"synthetic_light", "synthetic_heavy"}
+    model = DRSformer.from_pretrained(run / "final")
+    assert model(torch.rand(1, 3, 20, 28)).shape == (1, 3, 20, 28)
+    progress = json.loads((run / "state" / "progress.json").read_text())
+    assert progress["step"] == 3 and progress["recipe"]["train"]["steps"] == 3
+    assert not list(run.glob("*.tmp"))
+
+
+def test_resume_after_sigkill_is_bit_identical(tmp_path):
+    steps = 8
+    straight, killed = tmp_path / "a", tmp_path / "b"
+    straight.mkdir(), killed.mkdir()
+    finish(run_teacher(tiny_recipe(straight, steps)))
+    reference = load_file(straight / "runs" / "teacher_test" / "final" / "model.safetensors")
+
+    recipe = tiny_recipe(killed, steps)
+    proc = run_teacher(recipe)
+    state = killed / "runs" / "teacher_test" / "state" / "progress.json"
+    deadline = time.time() + 300
+    while not state.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
+    stopped_at = json.loads(state.read_text())["step"]
+    assert stopped_at < steps, "the run finished before it could be killed"
+    out = finish(run_teacher(recipe, "--resume"))
+    assert f"at step {stopped_at}" in out
+    resumed = load_file(killed / "runs" / "teacher_test" / "final" / "model.safetensors")
+    assert reference.keys() == resumed.keys()
+    assert all(torch.equal(reference[k], resumed[k]) for k in reference)
+
+
+def test_two_cpu_processes_train_in_step(tmp_path):
+    recipe = tiny_recipe(tmp_path, steps=2)
+    cmd = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+        str(ROOT / "compress" / "train_teacher.py"), str(recipe), "--set", "train.batch_size=4",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, env={**env(), "ACCELERATE_USE_CPU": "true", "HF_HOME": str(tmp_path / "hf")},
+                          cwd=ROOT, capture_output=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout.decode()[-2000:] + proc.stderr.decode()[-3000:]
+    summary = json.loads((tmp_path / "runs" / "teacher_test" / "summary.json").read_text())
+    assert summary["ranks"] == 2
+    weights, patches = summary["rank_weight_sums"], summary["rank_first_patch_sums"]
+    assert weights[0] == weights[1]  # gradients were averaged: identical weights on both ranks
+    assert patches[0] != patches[1]  # and each rank trained on its own shard of patches
