@@ -1,0 +1,128 @@
+"""Structured pruning: exact for every unit type on zeroed units, budgets, reports, errors, round trip."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from compress.measure import count_macs, count_params
+from compress.prune import UNITS, PruneError, prune
+from drsformer import DRSformer, DRSformerConfig
+from drsformer.config import BlockConfig, LevelConfig, MEFCConfig
+
+
+def even_config(bias: bool = False) -> DRSformerConfig:
+    """Two blocks in the first level, two heads, even MSFN widths (exact pair pruning), small MEFCs."""
+    blocks = (BlockConfig(2, 4, 8), BlockConfig(2, 4, 6))
+    return DRSformerConfig(
+        levels=(
+            LevelConfig(8, blocks),
+            LevelConfig(8, (BlockConfig(2, 4, 8),)),
+            LevelConfig(8, (BlockConfig(2, 2, 4),)),
+            LevelConfig(8, (BlockConfig(2, 2, 4),)),
+            LevelConfig(8, (BlockConfig(2, 2, 4),)),
+            LevelConfig(8, (BlockConfig(2, 2, 4),)),
+            LevelConfig(12, (BlockConfig(2, 3, 6),)),
+        ),
+        up_widths=(4, 4, 4),
+        encoder_mefc=MEFCConfig(ops=((0, 4, 7), (1, 5), (2, 6)), router_hidden=8),
+        refinement_mefc=MEFCConfig(ops=((3, 7),), router_hidden=8),
+        bias=bias,
+    )
+
+
+def model_of(config: DRSformerConfig) -> DRSformer:
+    torch.manual_seed(0)
+    return DRSformer(config).double().eval()
+
+
+def same_output(teacher: DRSformer, student: DRSformer) -> float:
+    x = torch.rand(1, 3, 24, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        return (teacher(x) - student.double()(x)).abs().max().item()
+
+
+def zero_(t: torch.Tensor, index=slice(None)) -> None:
+    """``t[index] = 0`` in place (advanced indexing would zero a copy)."""
+    with torch.no_grad():
+        t[index] = 0
+
+
+def test_pruning_nothing_is_the_identity():
+    teacher = model_of(even_config())
+    student, _ = prune(teacher, list(UNITS), ratios={kind: 0.0 for kind in UNITS})
+    assert student.config == teacher.config
+    assert same_output(teacher, student) == 0.0
+    student, _ = prune(teacher, list(UNITS), target_macs=1.0)
+    assert student.config == teacher.config
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_zeroed_units_prune_exactly(bias):
+    teacher = model_of(even_config(bias))
+    blocks = [b for stage in ("encoder_level1", "encoder_level2", "encoder_level3", "latent", "decoder_level3",
+                              "decoder_level2", "decoder_level1") for b in getattr(teacher, stage)]  # fmt: skip
+    for block in blocks:  # head 1 of every block contributes nothing
+        d = block.attn.head_dim
+        zero_(block.attn.project_out.weight, (slice(None), slice(d, None)))
+        h = block.ffn.hidden
+        if h == 8:  # ffn ratio 0.25 removes one of 4 pairs; pair 1 = channels 2, 3 of each half, outputs 1, 5
+            zero_(block.ffn.project_out.weight, (slice(None), [1, 5, h + 1, h + 5]))
+            for conv in (block.ffn.project_in, block.ffn.dwconv3x3, block.ffn.dwconv5x5):
+                zero_(conv.weight, [2, 3, h + 2, h + 3])
+    second = teacher.encoder_level1[1]  # block 1 of the level: both residual branches zero
+    zero_(second.attn.project_out.weight), zero_(second.ffn.project_out.weight)
+    steps = teacher.encoder_level0.layers[1]._ops
+    zero_(steps[0]._out[0].weight, (slice(None), slice(8, 16)))  # expert op 4 of step 0
+    zero_(steps[2]._out[0].weight)  # step 2 contributes nothing
+    if bias:
+        zero_(second.attn.project_out.bias), zero_(second.ffn.project_out.bias)
+    for kind, ratio in (("heads", 0.5), ("ffn", 0.25), ("blocks", 0.5), ("experts", 0.34), ("steps", 0.34)):
+        student, report = prune(teacher, [kind], criterion="l1", ratios={kind: ratio})
+        assert student.config != teacher.config, kind
+        assert count_params(student) < count_params(teacher), kind
+        assert same_output(teacher, student) < 1e-12, kind
+    student, _ = prune(teacher, ["heads"], ratios={"heads": 0.5})
+    assert student.config.levels[0].blocks[0].heads == 1
+    student, _ = prune(teacher, ["experts"], ratios={"experts": 0.34})
+    assert student.config.encoder_mefc.ops[0] == (0, 7)
+
+
+def test_head_channels_and_odd_msfn_prune_to_a_working_network():
+    teacher = model_of(DRSformerConfig.preset("tiny"))  # odd MSFN widths (21, 42, 85, 170)
+    student, _ = prune(teacher, ["head_channels", "ffn"], ratios={"head_channels": 0.5, "ffn": 0.5})
+    first = student.config.levels[0].blocks[0]
+    assert (first.head_dim, first.ffn_hidden) == (4, 10)  # 8 -> 4 channels per head; 10 of 21 pairs kept -> 2x5
+    x = torch.rand(1, 3, 16, 16, dtype=torch.float64)
+    assert torch.isfinite(student.double()(x)).all()
+
+
+@pytest.mark.parametrize("criterion", ["l1", "l2", "taylor", "random"])
+def test_global_budget_is_met_and_reported(criterion, tmp_path):
+    teacher = DRSformer(DRSformerConfig.preset("tiny"))
+    calibration = [(torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32))]
+    student, report = prune(teacher, ["head_channels", "ffn", "experts"], criterion, target_macs=0.5,
+                            calibration=calibration)  # fmt: skip
+    kept = count_macs(student.config) / count_macs(teacher.config)
+    assert 0.4 < kept <= 0.5
+    assert report.student_config == student.config
+    assert [row["part"] for row in report.rows()][:2] == ["encoder_level1", "encoder_level2"]
+    student.save_pretrained(tmp_path)
+    again = DRSformer.from_pretrained(tmp_path)
+    assert count_params(again) == count_params(student)
+    x = torch.rand(1, 3, 16, 16)
+    assert torch.equal(again(x), student(x))
+
+
+def test_bad_requests_are_clear_errors():
+    teacher = DRSformer(DRSformerConfig.preset("tiny"))
+    with pytest.raises(PruneError, match="unknown unit"):
+        prune(teacher, ["channels"], ratios={"channels": 0.5})
+    with pytest.raises(PruneError, match=r"ratios.ffn: 1.0 is outside \[0, 1\)"):
+        prune(teacher, ["ffn"], ratios={"ffn": 1.0})
+    with pytest.raises(PruneError, match="cannot be met"):
+        prune(teacher, ["heads"], target_macs=0.1)
+    with pytest.raises(PruneError, match="taylor needs calibration"):
+        prune(teacher, ["ffn"], "taylor", target_macs=0.5)
+    with pytest.raises(PruneError, match="criterion"):
+        prune(teacher, ["ffn"], "l3", target_macs=0.5)
