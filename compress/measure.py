@@ -14,6 +14,7 @@ The formula is checked against ``FlopCounterMode`` on the literal official forwa
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from drsformer import EXPERT_OPS, STAGES, BlockConfig, DRSformerConfig, MEFCConfig
@@ -76,3 +77,20 @@ def macs_by_part(config: DRSformerConfig, height: int = 256, width: int = 256) -
 def count_macs(config: DRSformerConfig, height: int = 256, width: int = 256) -> int:
     """Total MACs for one ``height`` x ``width`` image (padded to a multiple of 8, as the forward does)."""
     return sum(macs_by_part(config, height, width).values())
+
+
+@torch.no_grad()
+def latency_ms(model: nn.Module, size: int = 256, repeats: int = 3, warmup: int = 1) -> float:
+    """Median wall time (ms) of one forward of a 1x3x``size``x``size`` image, in the current thread setting."""
+    import time
+
+    model = model.eval()
+    x = torch.rand(1, 3, size, size, device=next(model.parameters()).device)
+    for _ in range(warmup):
+        model(x)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        model(x)
+        times.append(time.perf_counter() - start)
+    return 1000 * sorted(times)[len(times) // 2]

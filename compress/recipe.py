@@ -167,7 +167,8 @@ class LoraConfig(Strict):
 
     rank: int = Field(4, ge=1)
     alpha: float = Field(8.0, gt=0)
-    targets: list[str] = ["qkv", "project_out", "project_in"]  # name suffixes of 1x1 convs
+    # name suffixes of 1x1 convs; not ffn.project_out, whose weight the fast MSFN applies in two halves
+    targets: list[str] = ["attn.qkv", "attn.project_out", "ffn.project_in"]
 
 
 class Recipe(Strict):

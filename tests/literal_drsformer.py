@@ -196,14 +196,25 @@ class _Resize(nn.Module):
 class LiteralDRSformer(nn.Module):
     """Constructor arguments as the official ``DRSformer`` (+ ``mefc``); input H, W divisible by 8."""
 
-    def __init__(self, inp_channels=3, out_channels=3, dim=48, num_blocks=(4, 6, 6, 8), heads=(1, 2, 4, 8),
-                 ffn_expansion_factor=2.66, bias=False, LayerNorm_type="WithBias", mefc=True):
+    def __init__(
+        self,
+        inp_channels=3,
+        out_channels=3,
+        dim=48,
+        num_blocks=(4, 6, 6, 8),
+        heads=(1, 2, 4, 8),
+        ffn_expansion_factor=2.66,
+        bias=False,
+        LayerNorm_type="WithBias",
+        mefc=True,
+    ):
         super().__init__()
         self.mefc = mefc
 
         def stage(width, n, nh):
-            return nn.Sequential(*[LiteralBlock(width, nh, ffn_expansion_factor, bias, LayerNorm_type)
-                                   for _ in range(n)])
+            return nn.Sequential(
+                *[LiteralBlock(width, nh, ffn_expansion_factor, bias, LayerNorm_type) for _ in range(n)]
+            )
 
         self.patch_embed = _Embed(inp_channels, dim)
         if mefc:

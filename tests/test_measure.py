@@ -45,9 +45,15 @@ def test_analytic_macs_on_nonuniform_student():
     """On a pruned-style config, against the fast forward's trace (which does 2 attention matmuls, not 5)."""
     cfg = nonuniform_config()
     h, w = 40, 32
-    pixels = {"encoder_level1": h * w, "encoder_level2": h * w // 4, "encoder_level3": h * w // 16,
-              "latent": h * w // 64, "decoder_level3": h * w // 16, "decoder_level2": h * w // 4,
-              "decoder_level1": h * w}
+    pixels = {
+        "encoder_level1": h * w,
+        "encoder_level2": h * w // 4,
+        "encoder_level3": h * w // 16,
+        "latent": h * w // 64,
+        "decoder_level3": h * w // 16,
+        "decoder_level2": h * w // 4,
+        "decoder_level1": h * w,
+    }
     correction = 0
     for name, level in zip(pixels, cfg.levels):
         for b in level.blocks:

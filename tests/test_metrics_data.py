@@ -60,9 +60,9 @@ def _save(path: Path, array: np.ndarray, mode: str | None = None) -> Path:
 
 
 def test_read_image_converts_modes(tmp_path):
-    gray = (np.arange(48, dtype=np.uint8).reshape(6, 8) * 5)
+    gray = np.arange(48, dtype=np.uint8).reshape(6, 8) * 5
     rgba = np.dstack([np.full((6, 8, 3), 200, np.uint8), np.full((6, 8), 7, np.uint8)])
-    deep = (np.arange(48, dtype=np.uint16).reshape(6, 8) * 1300)
+    deep = np.arange(48, dtype=np.uint16).reshape(6, 8) * 1300
     out = {
         "gray": read_image(_save(tmp_path / "g.png", gray)),
         "rgba": read_image(_save(tmp_path / "a.png", rgba)),
@@ -90,7 +90,9 @@ def test_paired_files_layouts_and_errors(tmp_path):
         _save(tmp_path / "b" / "norain" / f"norain-{n}.png", img)
     assert [(r.name, c.name) for r, c in paired_files(tmp_path / "a")] == [("1.png", "1.png"), ("2.png", "2.png")]
     assert [(r.name, c.name) for r, c in paired_files(tmp_path / "b")] == [
-        ("rain-1.png", "norain-1.png"), ("rain-2.png", "norain-2.png")]
+        ("rain-1.png", "norain-1.png"),
+        ("rain-2.png", "norain-2.png"),
+    ]
 
     _save(tmp_path / "a" / "input" / "3.png", img)
     with pytest.raises(DataError, match=r"rainy without a clean target \(1\): .*input/3.png"):

@@ -48,8 +48,10 @@ def test_official_fixture_intermediates(variant):
     fx = load_fixture(variant)
     model = DRSformer.from_official(fx["state_dict"], fixture_config(fx)).eval()
     seen = {}
-    hooks = [getattr(model, name).register_forward_hook(lambda m, i, o, name=name: seen.__setitem__(name, o))
-             for name in fx["intermediates"]]
+    hooks = [
+        getattr(model, name).register_forward_hook(lambda m, i, o, name=name: seen.__setitem__(name, o))
+        for name in fx["intermediates"]
+    ]
     with torch.no_grad():
         model(fx["input"])
     for h in hooks:
@@ -88,9 +90,13 @@ def test_official_checkpoint_file_and_errors(tmp_path):
     assert str(path) in str(err.value)
     # a wrong width: shape mismatches by name
     wider = DRSformerConfig.from_official_kwargs(**{**{k: fx["config"][k] for k in OFFICIAL_KEYS}, "dim": 16})
-    with pytest.raises(ValueError, match=r"shape mismatch \(\d+\): decoder_level1.0.attn.project_out.weight: "
-                       r"checkpoint \(16, 16, 1, 1\) vs model \(32, 32, 1, 1\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"shape mismatch \(\d+\): decoder_level1.0.attn.project_out.weight: "
+        r"checkpoint \(16, 16, 1, 1\) vs model \(32, 32, 1, 1\)",
+    ):
         DRSformer.from_official(path, wider)
+
     # pickled code is refused
     class Evil:
         def __reduce__(self):
@@ -301,7 +307,7 @@ def test_mefc_config_semantics_make_expert_and_step_removal_exact():
     with torch.no_grad():
         for p in teacher.parameters():
             p.add_(0.05 * torch.randn_like(p))
-        mefc[1]._ops[0]._out[0].weight[:, 5 * c:6 * c] = 0  # expert 5 (dil_conv_5x5) of step 0 contributes 0
+        mefc[1]._ops[0]._out[0].weight[:, 5 * c : 6 * c] = 0  # expert 5 (dil_conv_5x5) of step 0 contributes 0
         mefc[1]._ops[2]._out[0].weight.zero_()  # step 2 contributes 0: s = relu(0 + s) = s, as s >= 0
     ops = ((0, 1, 2, 3, 4, 6, 7), (0, 1, 2, 3, 4, 5, 6, 7), (0, 1, 2, 3, 4, 5, 6, 7))
     student_cfg = replace(cfg, encoder_mefc=MEFCConfig(ops=ops))  # teacher steps 0, 1 and 3 survive
@@ -314,7 +320,7 @@ def test_mefc_config_semantics_make_expert_and_step_removal_exact():
             new_step = step - (step > 2)
             key = key.replace(f"_ops.{step}.", f"_ops.{new_step}.", 1)
             if key == "encoder_level0.layers.1._ops.0._out.0.weight":
-                value = torch.cat([value[:, :5 * c], value[:, 6 * c:]], 1)
+                value = torch.cat([value[:, : 5 * c], value[:, 6 * c :]], 1)
         elif key == "encoder_level0.layers.0.ca_fc.2.weight" or key == "encoder_level0.layers.0.ca_fc.2.bias":
             value = torch.cat([value[:16], value[24:]])  # drop step 2's eight router logits
         state[key] = value

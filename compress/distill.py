@@ -1,0 +1,138 @@
+"""Distillation from a frozen teacher: output and feature losses, 1x1 adapters, optional LoRA (peft).
+
+``FeatureTaps(model, ["encoder_level1", "latent"])`` records the outputs of modules by path. Structured
+pruning keeps the topology, so the same paths exist in teacher and student. Where a tap's widths differ,
+a 1x1 adapter (FitNets) maps the student's channels to the teacher's; it trains with the student and is
+dropped at export. ``kept_channels`` compares the channels directly (pruning here keeps residual widths,
+so teacher and student taps have the same channels).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class FeatureTaps:
+    """Forward hooks on modules of ``model`` by path; ``taps.features`` maps path -> last output."""
+
+    def __init__(self, model: nn.Module, paths: list[str]):
+        modules = dict(model.named_modules())
+        missing = [p for p in paths if p not in modules]
+        if missing:
+            top = sorted({name.split(".")[0] for name in modules if name})
+            raise KeyError(f"distill.taps: no module {missing} in {type(model).__name__}; top-level modules: {top}")
+        self.features: dict[str, torch.Tensor] = {}
+        self.handles = [modules[p].register_forward_hook(self._hook(p)) for p in paths]
+
+    def _hook(self, path: str):
+        def hook(module, inputs, output):
+            self.features[path] = output
+
+        return hook
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+LORA_PATTERN = r".*\.({})$"
+
+
+def add_lora(student: nn.Module, cfg) -> nn.Module:
+    """Wrap ``student`` with LoRA adapters (peft) on its 1x1 convs named by ``cfg.targets``; base weights frozen.
+
+    peft cannot target depthwise convs (``../shared/INSTALL.md``), hence 1x1 convs only.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    bypassed = [t for t in cfg.targets if "ffn.project_out".endswith(t) or "_out.0".endswith(t)]
+    if bypassed:  # the forward reads these weights directly, so a LoRA layer there would never be used
+        raise ValueError(f"lora.targets: {bypassed} cannot be adapted (MSFN/MEFC output convs are applied through "
+                         "their weights); use attn.qkv, attn.project_out, ffn.project_in")  # fmt: skip
+    targets = "|".join(t.replace(".", r"\.") for t in cfg.targets)
+    config = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, target_modules=LORA_PATTERN.format(targets))
+    return get_peft_model(student, config)
+
+
+def merge_lora(model: nn.Module) -> nn.Module:
+    """A plain module with the LoRA updates merged into its weights (the wrapped model is left untouched)."""
+    if not hasattr(model, "merge_and_unload"):
+        return model
+    return copy.deepcopy(model).merge_and_unload()
+
+
+class Distiller:
+    """The teacher side of a student's training: ``distiller(rainy, derained, clean)`` -> weighted loss terms.
+
+    ``clean`` covers the first ``len(clean)`` images of the batch (synthetic pairs); the rest (real rain)
+    are learned from the teacher's output only.
+    """
+
+    def __init__(self, teacher: nn.Module, student: nn.Module, cfg, device="cpu"):
+        self.cfg = cfg
+        self.teacher = teacher.eval().requires_grad_(False)
+        feature_paths = list(cfg.taps) if cfg.feature_weight > 0 else []
+        self.teacher_taps = FeatureTaps(self.teacher, feature_paths)
+        self.student_taps = FeatureTaps(student, feature_paths)
+        self.adapters = nn.ModuleDict()
+        if feature_paths:
+            widths = _tap_widths(self.teacher, student, feature_paths)
+            for path, (t_width, s_width) in widths.items():
+                if cfg.adapters == "kept_channels":
+                    if t_width != s_width:
+                        raise ValueError(f"distill.adapters kept_channels: tap {path} has {s_width} student and "
+                                         f"{t_width} teacher channels; use conv1x1")  # fmt: skip
+                    continue
+                adapter = nn.Conv2d(s_width, t_width, 1, bias=False)
+                if s_width == t_width:
+                    nn.init.dirac_(adapter.weight)  # start as the identity
+                self.adapters[path.replace(".", "__")] = adapter
+        self.adapters.to(device)
+
+    def trainable_parameters(self):
+        return self.adapters.parameters()
+
+    def prepare(self, accelerator) -> None:
+        self.teacher = accelerator.prepare_model(self.teacher, evaluation_mode=True)
+
+    def __call__(self, rainy: torch.Tensor, derained: torch.Tensor, clean: torch.Tensor) -> dict[str, torch.Tensor]:
+        cfg = self.cfg
+        with torch.no_grad():
+            target = self.teacher(rainy).float()
+        derained = derained.float()
+        terms = {}
+        if cfg.gt_weight > 0:
+            terms["gt_l1"] = cfg.gt_weight * F.l1_loss(derained[: len(clean)], clean)
+        if cfg.output_weight > 0:
+            terms["output_kd"] = cfg.output_weight * F.l1_loss(derained, target)
+        if cfg.feature_weight > 0:
+            losses = []
+            for path in cfg.taps:
+                student = self.student_taps.features[path].float()
+                key = path.replace(".", "__")
+                if key in self.adapters:
+                    student = self.adapters[key](student)
+                losses.append(F.l1_loss(student, self.teacher_taps.features[path].float()))
+            terms["feature_kd"] = cfg.feature_weight * torch.stack(losses).mean()
+        return terms
+
+    def export(self, student: nn.Module) -> nn.Module:
+        return merge_lora(student)
+
+
+@torch.no_grad()
+def _tap_widths(teacher: nn.Module, student: nn.Module, paths: list[str]) -> dict[str, tuple[int, int]]:
+    """Channels at each tap, from one small forward of both networks."""
+    x = torch.rand(1, 3, 16, 16, device=next(teacher.parameters()).device)
+    taps = FeatureTaps(teacher, paths), FeatureTaps(student, paths)
+    was_training = student.training
+    teacher(x), student.eval()(x)
+    student.train(was_training)
+    widths = {p: (taps[0].features[p].shape[1], taps[1].features[p].shape[1]) for p in paths}
+    for t in taps:
+        t.remove()
+    return widths

@@ -1,0 +1,75 @@
+"""Run records: one JSON per recipe run in ``results/runs/``, and the Pareto front over them.
+
+Dirty-tree runs (uncommitted changes) and ``--scratch`` runs go to ``results/scratch/`` (gitignored), so
+every committed record names the commit that reproduces it.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+from drsformer.model import atomic_write
+
+RESULTS = Path("results")
+PACKAGES = ("torch", "torch-pruning", "accelerate", "datasets", "peft", "pyiqa", "rich", "pydantic")
+
+
+def git_state() -> dict:
+    """Commit and dirty flag of the working tree (``unknown`` outside a git checkout)."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                                text=True, check=True).stdout  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return {"commit": "unknown", "dirty": True}
+    return {"commit": commit, "dirty": bool(status.strip())}
+
+
+def environment() -> dict:
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({platform.processor() or 'cpu'})"
+    return {"packages": versions, "python": platform.python_version(), "device": device,
+            "cpu_threads": torch.get_num_threads()}  # fmt: skip
+
+
+def record_path(stem: str, scratch: bool, results: Path = RESULTS) -> Path:
+    return results / ("scratch" if scratch else "runs") / f"{stem}.json"
+
+
+def write_record(record: dict, path: Path) -> Path:
+    """Write one run record atomically (a failed run writes nothing)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda p: Path(p).write_text(json.dumps(record, indent=1) + "\n"))
+    return path
+
+
+def read_records(folder: Path) -> list[dict]:
+    records = []
+    for path in sorted(Path(folder).glob("*.json")):
+        try:
+            records.append(json.loads(path.read_text()))
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: not a valid run record ({err}); delete it or re-run its recipe") from err
+    return records
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats: x lower is better, y higher is better; sorted by x."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
+    front, best_y = [], float("-inf")
+    for i in order:
+        if points[i][1] > best_y:
+            front.append(i)
+            best_y = points[i][1]
+    return front

@@ -1,0 +1,177 @@
+"""One recipe -> one recorded result: teacher -> prune -> fit -> evaluate -> record -> plots.
+
+    python compress/run.py recipes/prune50_distill.yaml [--set train.steps=500] [--scratch]
+    accelerate launch compress/run.py recipes/prune50_distill.yaml
+
+A recipe without a ``teacher`` trains its model from scratch (a teacher run; its record is the star of
+the Pareto plots). The record goes to ``results/runs/<name>[_seed<N>].json`` (``results/scratch/`` for
+uncommitted code or ``--scratch``); a failed run writes none.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+from accelerate.utils import set_seed
+from rich.console import Console
+
+from compress.data import training_patches, validation_sets
+from compress.distill import Distiller, add_lora
+from compress.evaluate import evaluate, load_model
+from compress.measure import count_macs, count_params, latency_ms
+from compress.plots import regenerate
+from compress.prune import prune
+from compress.recipe import Recipe, load_recipe
+from compress.results import RESULTS, environment, git_state, record_path, write_record
+from compress.train import FINAL, fit, make_accelerator, synthesize, write_summary
+from drsformer import DRSformer
+
+DEFAULT_SEED = 100
+
+
+def load_teacher(recipe: Recipe, console: Console) -> DRSformer:
+    """The recipe's teacher: a saved model, an official .pth, or the final model of a teacher recipe."""
+    spec = recipe.teacher
+    if spec.path is not None:
+        return load_model(spec.path, spec.preset)
+    teacher_recipe = load_recipe(spec.recipe)
+    final = teacher_recipe.run_dir / FINAL
+    if not (final / "model.safetensors").is_file():
+        console.print(f"[bold]teacher[/] {final} not found: training {spec.recipe} first")
+        train(teacher_recipe, None, console, resume=True)
+    return DRSformer.from_pretrained(final)
+
+
+def calibration(recipe: Recipe, count: int, batch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Synthetic-rain pairs for Taylor importance, from the training backgrounds (fixed seed)."""
+    patches, _ = training_patches(recipe.data, recipe.seed + 7)
+    out = []
+    for i in range(count):
+        clean = torch.stack([patches[i * batch + j]["clean"] for j in range(batch)])
+        gen = torch.Generator().manual_seed(recipe.seed + i)
+        out.append((synthesize(clean, recipe.data.heaviness, gen), clean))
+    return out
+
+
+def student_of(recipe: Recipe, teacher: DRSformer | None, console: Console):
+    """(student, prune report or None): pruned from the teacher, or random init of the pruned config."""
+    if teacher is None:
+        return DRSformer(recipe.model.config()), None
+    if recipe.prune is None:
+        return _copy(teacher), None  # distillation into a copy of the teacher
+    p = recipe.prune
+    batches = calibration(recipe, p.calibration_batches, p.calibration_batch_size) if p.criterion == "taylor" else []
+    started = time.perf_counter()
+    student, report = prune(teacher, p.units, p.criterion, p.ratios or None, p.target_macs, p.target_params, batches)
+    console.print(report.table())
+    console.print(f"pruned in {time.perf_counter() - started:.1f} s")
+    if recipe.student_init == "random":
+        student = DRSformer(student.config)  # same config, fresh weights: the scratch baseline
+    return student, report
+
+
+def _copy(model: DRSformer) -> DRSformer:
+    clone = DRSformer(model.config)
+    clone.load_state_dict(model.state_dict())
+    return clone
+
+
+def train(
+    recipe: Recipe,
+    stem: str | None,
+    console: Console,
+    resume: bool = False,
+    scratch: bool = False,
+    results: Path = RESULTS,
+) -> dict:
+    """Run every stage of ``recipe``; returns the record (written unless ``stem`` is None)."""
+    started = time.perf_counter()
+    run_dir = recipe.run_dir
+    accelerator = make_accelerator(recipe.train, run_dir)
+    set_seed(recipe.seed)
+    teacher = load_teacher(recipe, console) if recipe.teacher is not None else None
+    student, report = student_of(recipe, teacher, console)
+    distiller = None
+    if recipe.distill is not None or recipe.lora is not None:
+        from compress.recipe import DistillConfig
+
+        distill = recipe.distill or DistillConfig(output_weight=0.0)  # LoRA alone: ground truth only
+        distiller = Distiller(teacher, student, distill, accelerator.device)
+    if recipe.lora is not None:
+        student = add_lora(student, recipe.lora)
+    summary = fit(
+        student,
+        recipe.train,
+        training_patches(recipe.data, recipe.seed),
+        accelerator,
+        run_dir,
+        seed=recipe.seed,
+        heaviness=recipe.data.heaviness,
+        real_fraction=recipe.data.real_rain_fraction,
+        val_sets=validation_sets(recipe.data),
+        distiller=distiller,
+        workers=recipe.data.workers,
+        resume=resume,
+        recipe=recipe.model_dump(mode="json"),
+    )
+    record = {}
+    if accelerator.is_main_process:
+        write_summary(summary, run_dir / "summary.json")
+        final = DRSformer.from_pretrained(run_dir / FINAL)
+        console.print("[bold]evaluate[/]")
+        sets = evaluate(final, recipe.eval.paired, recipe.eval.real, recipe.eval.tile, recipe.eval.limit)
+        record = {
+            "stem": stem or recipe.name,
+            "role": "teacher" if recipe.teacher is None else "student",
+            "recipe": recipe.model_dump(mode="json"),
+            **git_state(),
+            **environment(),
+            "config": final.config.to_dict(),
+            "params_m": count_params(final) / 1e6,
+            "gmacs_256": count_macs(final.config, 256, 256) / 1e9,
+            "latency_ms": latency_ms(final, recipe.eval.latency_size, recipe.eval.latency_repeats),
+            "latency_size": recipe.eval.latency_size,
+            "checkpoint_bytes": (run_dir / FINAL / "model.safetensors").stat().st_size,
+            "sets": sets,
+            "train": {
+                "steps": summary.steps,
+                "seconds": summary.seconds,
+                "patches_per_s": summary.patches_per_s,
+                "best_psnr_y_db": summary.best_psnr_y_db,
+                "val": summary.val,
+            },  # fmt: skip
+            "prune": None if report is None else report.rows(),
+            "scale": f"{recipe.model.preset if recipe.teacher is None else 'student'}; {summary.steps} steps x "
+            f"{recipe.train.batch_size} patches of {recipe.data.patch_size}px; synthetic rain on "
+            f"{', '.join(recipe.data.backgrounds)}; {environment()['device']}",
+            "status": "ok",
+            "total_seconds": time.perf_counter() - started,
+        }
+        if stem is not None:
+            path = write_record(record, record_path(stem, scratch or record["dirty"], results))
+            console.print(f"wrote {path}")
+            if not (scratch or record["dirty"]):
+                for written in regenerate(results):
+                    console.print(f"wrote {written}")
+    accelerator.wait_for_everyone()
+    return record
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("recipe", type=Path)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--resume", action="store_true", help="continue the run's training state")
+    parser.add_argument("--scratch", action="store_true", help="write the record to results/scratch/")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="results folder (runs/, scratch/, plots)")
+    args = parser.parse_args(argv)
+    recipe = load_recipe(args.recipe, args.overrides)
+    stem = recipe.name if recipe.seed == DEFAULT_SEED else f"{recipe.name}_seed{recipe.seed}"
+    train(recipe, stem, Console(), resume=args.resume, scratch=args.scratch, results=args.results)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+"""Every recipe end to end at a tiny scale (run.py), distillation pieces, records and Pareto plots."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from compress import run
+from compress.distill import Distiller, FeatureTaps, add_lora, merge_lora
+from compress.measure import count_macs
+from compress.plots import regenerate
+from compress.recipe import DistillConfig, LoraConfig, load_recipe
+from compress.results import pareto_front
+from drsformer import DRSformer, DRSformerConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = sorted(p for p in (ROOT / "recipes").glob("*.yaml") if p.stem != "teacher_full")
+TINY_SCALE = [
+    "train.steps=2", "train.batch_size=4", "train.eval_every=2", "train.save_every=2", "train.log_every=1",
+    "data.patch_size=32", "data.val_size=32", "data.leak_check=[]", 'data.backgrounds=["builtin"]',
+    "data.val_sets={}", "eval.limit=1", "eval.latency_size=32", "eval.latency_repeats=1",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("teacher")
+    DRSformer(DRSformerConfig.preset("tiny")).save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=[p.stem for p in RECIPES])
+def test_every_recipe_runs_end_to_end(recipe, teacher_dir, tmp_path):
+    overrides = TINY_SCALE + [f"out_dir={tmp_path / 'runs'}"]
+    if load_recipe(recipe).teacher is not None:
+        overrides += ["teacher.recipe=null", f"teacher.path={teacher_dir}"]
+    run.main(
+        [str(recipe), "--scratch", "--results", str(tmp_path / "results"), *sum([["--set", o] for o in overrides], [])]
+    )
+    record = json.loads((tmp_path / "results" / "scratch" / f"{recipe.stem}.json").read_text())
+    assert record["stem"] == recipe.stem and record["status"] == "ok"
+    assert record["recipe"]["train"]["steps"] == 2 and record["train"]["steps"] == 2
+    assert record["sets"]["rain100L"]["images"] == 1 and 5 < record["sets"]["rain100L"]["psnr_y_db"] < 60
+    assert record["checkpoint_bytes"] > 0 and record["latency_ms"] > 0 and record["commit"]
+    student = DRSformer.from_pretrained(tmp_path / "runs" / recipe.stem / "final")
+    assert record["gmacs_256"] == pytest.approx(count_macs(student.config) / 1e9)
+    teacher_gmacs = count_macs(DRSformerConfig.preset("tiny")) / 1e9
+    if recipe.stem.startswith(("prune50", "scratch50")):
+        assert record["gmacs_256"] <= 0.5 * teacher_gmacs + 1e-9
+    if recipe.stem == "prune50_realrain":
+        assert record["sets"]["sirr147"]["niqe"] > 0
+    if recipe.stem == "prune50_lora":  # LoRA merged: a plain DRSformer state dict
+        assert not any("lora" in k for k in student.state_dict())
+
+
+def test_feature_taps_and_adapters(teacher_dir):
+    teacher = DRSformer.from_pretrained(teacher_dir)
+    taps = FeatureTaps(teacher, ["encoder_level1", "latent", "refinement"])
+    teacher(torch.rand(1, 3, 32, 32))
+    assert {k: tuple(v.shape) for k, v in taps.features.items()} == {
+        "encoder_level1": (1, 8, 32, 32), "latent": (1, 64, 4, 4), "refinement": (1, 16, 32, 32)}  # fmt: skip
+    with pytest.raises(KeyError, match="distill.taps: no module"):
+        FeatureTaps(teacher, ["encoder_level9"])
+    student = DRSformer.from_pretrained(teacher_dir)
+    distiller = Distiller(teacher, student, DistillConfig(feature_weight=1.0, taps=["latent"]))
+    assert torch.equal(distiller.adapters["latent"].weight[:, :, 0, 0], torch.eye(64))  # identity start
+    rainy = torch.rand(2, 3, 32, 32)
+    terms = distiller(rainy, student(rainy), torch.rand(1, 3, 32, 32))
+    assert set(terms) == {"gt_l1", "output_kd", "feature_kd"}
+    assert terms["output_kd"].item() < 1e-5 and terms["feature_kd"].item() < 1e-5  # identical networks
+    assert not any(p.requires_grad for p in teacher.parameters())
+
+
+def test_lora_merges_into_a_plain_drsformer(teacher_dir):
+    student = add_lora(DRSformer.from_pretrained(teacher_dir), LoraConfig(rank=2))
+    trainable = [n for n, p in student.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    with torch.no_grad():
+        for n, p in student.named_parameters():
+            if "lora_B" in n:
+                p.normal_()
+    x = torch.rand(1, 3, 16, 16)
+    merged = merge_lora(student)
+    with pytest.raises(ValueError, match="cannot be adapted"):
+        add_lora(DRSformer.from_pretrained(teacher_dir), LoraConfig(targets=["project_out"]))
+    assert type(merged) is DRSformer and torch.allclose(merged(x), student(x), atol=1e-5)
+
+
+def test_records_make_a_summary_and_pareto_plots(tmp_path):
+    assert pareto_front([(1, 30), (2, 29), (2, 31), (3, 31), (0.5, 20)]) == [4, 0, 2]
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    for stem, role, gmacs, psnr in (("teacher_x", "teacher", 5.0, 33.0), ("a", "student", 2.5, 32.5),
+                                    ("b", "student", 2.4, 31.0), ("c", "student", 3.0, 32.0)):  # fmt: skip
+        record = {"stem": stem, "role": role, "recipe": {"seed": 100}, "params_m": gmacs / 10, "gmacs_256": gmacs,
+                  "latency_ms": gmacs * 100, "train": {"steps": 10}, "scale": "test",
+                  "sets": {"rain100L": {"psnr_y_db": psnr, "ssim_y": 0.9}}}  # fmt: skip
+        (runs / f"{stem}.json").write_text(json.dumps(record))
+    written = regenerate(tmp_path)
+    names = {p.name for p in written}
+    assert {"summary.md", "pareto_gmacs_256_rain100L.png", "pareto_latency_ms_rain100L.png"} <= names
+    table = (tmp_path / "summary.md").read_text()
+    assert table.index("teacher_x") < table.index("| a |") and "32.50 / 0.9000" in table
+    (runs / "broken.json").write_text("{")
+    with pytest.raises(ValueError, match="broken.json: not a valid run record"):
+        regenerate(tmp_path)
+    shutil.rmtree(runs)
