@@ -1,11 +1,14 @@
-"""The embedded default job: derain a built-in image with a tiny DRSformer and report its size.
+"""The embedded default job: the whole flow, scaled down, on built-in data, in minutes on 2 CPU cores.
 
-    python -m compress.quickstart [--preset tiny] [--out runs/quickstart]
+    python -m compress.quickstart [--out runs/quickstart] [--teacher-steps 300] [--student-steps 150]
 
-Until the teacher -> prune -> distill pipeline lands, this is the smallest end-to-end job that runs on
-a fresh machine with no download: it builds ``DRSformer(preset)`` with random weights (so it does not
-derain yet), adds light synthetic rain (``compress.rain``) to scikit-image's bundled ``astronaut``
-photo, runs the model, and prints params and MACs (the same counter as the paper's numbers) next to the full model's.
+1. trains a ``tiny`` teacher (the full structure, MEFC included, at dim 8; recipe ``teacher_tiny``) on
+   synthetic rain over scikit-image's bundled photos (no download);
+2. prunes it to half its MACs and distils the student (recipe ``prune50_distill``);
+3. evaluates both on a held-out built-in photo with fixed light and heavy rain (and on the first
+   images of Rain100L/H when ``../shared/data`` is there);
+4. writes one record per run, ``summary.md`` and the Pareto plots under ``--out``.
+The numbers it prints are from this tiny, short run: they show the flow, not DRSformer's quality.
 """
 
 from __future__ import annotations
@@ -17,58 +20,70 @@ from pathlib import Path
 import numpy as np
 import torch
 from rich.console import Console
-from rich.table import Table
 
-from compress.measure import count_macs, count_params
+from compress.data import VALIDATION_IMAGES, builtin_images
+from compress.plots import regenerate
 from compress.rain import add_rain
-from drsformer import PRESETS, DRSformer, DRSformerConfig
+from compress.recipe import load_recipe
+from compress.results import write_record
+from compress.run import train
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-def builtin_image(size: int = 256) -> torch.Tensor:
-    """scikit-image's bundled astronaut photo (public domain, NASA), centre-cropped, (1, 3, size, size)."""
-    from skimage import data, transform
+def builtin_test_set(folder: Path, size: int = 128) -> Path:
+    """A paired set (input/ + target/) from the held-out built-in photo: light and heavy synthetic rain."""
+    from PIL import Image
 
-    img = transform.resize(data.astronaut(), (size, size), anti_aliasing=True)
-    return torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32)).permute(2, 0, 1)[None]
+    clean = builtin_images(VALIDATION_IMAGES)[0].float()[None] / 255
+    top, left = (clean.shape[2] - size) // 2, (clean.shape[3] - size) // 2
+    clean = clean[..., top : top + size, left : left + size]
+    for sub in ("input", "target"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    for name, heaviness in (("light", 0.0), ("heavy", 1.0)):
+        rainy = add_rain(clean, heaviness, torch.Generator().manual_seed(2024))
+        for sub, img in (("input", rainy), ("target", clean)):
+            array = (img[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+            Image.fromarray(array).save(folder / sub / f"{name}.png")
+    return folder
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
-    parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--out", type=Path, default=Path("runs/quickstart"))
+    parser.add_argument("--teacher-steps", type=int, default=300)
+    parser.add_argument("--student-steps", type=int, default=150)
+    parser.add_argument("--rain100-images", type=int, default=5, help="images of Rain100L/H to score, if present")
     args = parser.parse_args(argv)
     console = Console()
-
-    torch.manual_seed(0)
-    cfg = DRSformerConfig.preset(args.preset)
-    model = DRSformer(cfg).eval()
-    rainy = add_rain(builtin_image(args.size), heaviness=0.0, generator=torch.Generator().manual_seed(0))
-    start = time.perf_counter()
-    with torch.no_grad():
-        derained = model(rainy).clamp(0, 1)
-    seconds = time.perf_counter() - start
-
-    args.out.mkdir(parents=True, exist_ok=True)
-    from PIL import Image
-
-    for name, img in (("rainy", rainy), ("derained", derained)):
-        array = (img[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-        Image.fromarray(array).save(args.out / f"{name}.png")
-    model.save_pretrained(args.out / "model")
-
-    full = DRSformerConfig.preset("full")
-    table = Table(title=f"DRSformer '{args.preset}' (random init) vs the paper model")
-    for column in ("model", "params", f"GMACs @ {args.size}x{args.size}", "CPU forward (s)"):
-        table.add_column(column)
-    table.add_row(
-        args.preset, f"{count_params(model):,}", f"{count_macs(cfg, args.size, args.size) / 1e9:.3f}", f"{seconds:.2f}"
-    )
-    with torch.device("meta"):
-        full_params = count_params(DRSformer(full))
-    table.add_row("full (paper)", f"{full_params:,}", f"{count_macs(full, args.size, args.size) / 1e9:.1f}", "-")
-    console.print(table)
-    console.print(f"wrote {args.out}/rainy.png, {args.out}/derained.png and {args.out}/model/ (save_pretrained)")
+    started = time.perf_counter()
+    paired = {"builtin": str(builtin_test_set(args.out / "data" / "builtin_synthetic"))}
+    if SHARED.is_dir():
+        paired.update({name: str(SHARED / name) for name in ("rain100L", "rain100H")})
+    common = [
+        f"out_dir={args.out / 'runs'}", 'data.backgrounds=["builtin"]', "data.patch_size=48", "data.val_size=96",
+        "data.val_sets={}", "data.leak_check=[]", "train.batch_size=4", "train.eval_every=100000",
+        "train.save_every=100000", "eval.real={}", f"eval.paired={paired}", f"eval.limit={args.rain100_images}",
+    ]  # fmt: skip
+    teacher = load_recipe(RECIPES / "teacher_tiny.yaml", common + [
+        f"train.steps={args.teacher_steps}", f"train.lr_hold_steps={args.teacher_steps // 3}"])  # fmt: skip
+    student = load_recipe(RECIPES / "prune50_distill.yaml", common + [
+        f"teacher.recipe={RECIPES / 'teacher_tiny.yaml'}", f"train.steps={args.student_steps}",
+        f"train.lr_hold_steps={args.student_steps // 3}"])  # fmt: skip
+    # the student's teacher is the teacher trained here: point its recipe at the same run directory
+    student = student.model_copy(update={"teacher": student.teacher.model_copy(
+        update={"recipe": None, "path": str(teacher.run_dir / "final")})})  # fmt: skip
+    results = args.out / "results"
+    for stage, recipe in (("teacher", teacher), ("student", student)):
+        console.rule(f"[bold]{stage}: {recipe.name}")
+        record = train(recipe, None, console)
+        record["scale"] = f"quickstart: tiny preset, {recipe.train.steps} steps x 4 patches of 48 px, built-in photos"
+        write_record(record, results / "runs" / f"{recipe.name}.json")
+    for path in regenerate(results):
+        console.print(f"wrote {path}")
+    console.print((results / "summary.md").read_text())
+    console.print(f"quickstart done in {time.perf_counter() - started:.0f} s; everything is under {args.out}/")
 
 
 if __name__ == "__main__":
