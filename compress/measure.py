@@ -74,6 +74,42 @@ def macs_by_part(config: DRSformerConfig, height: int = 256, width: int = 256) -
     return parts
 
 
+def block_params(width: int, block: BlockConfig, bias: bool, with_bias_norm: bool) -> int:
+    """Parameters of one STB (two norms, TKSA, MSFN)."""
+    a, hid, b = block.attn_dim, block.ffn_hidden, int(bias)
+    norms = 2 * width * (2 if with_bias_norm else 1)
+    attn = block.heads + 4 + (width + b) * 3 * a + (9 + b) * 3 * a + a * width + b * width
+    ffn = (width + b) * 2 * hid + (9 + 25 + 2 * b) * 2 * hid + (2 * 9 + 2 * 25 + 2 * b) * hid + 2 * hid * width
+    return norms + attn + ffn + b * width
+
+
+def mefc_params(c: int, cfg: MEFCConfig) -> int:
+    logits = cfg.steps * len(EXPERT_OPS)
+    total = c * cfg.router_hidden + cfg.router_hidden + cfg.router_hidden * logits + logits + c * c
+    for ops in cfg.ops:
+        for j in ops:
+            kind, k, _ = EXPERT_OPS[j]
+            total += {"sep": 2 * (c * k * k + c * c), "dil": c * k * k + c * c}.get(kind, 0)
+        total += len(ops) * c * c
+    return total
+
+
+def count_params_config(config: DRSformerConfig) -> int:
+    """Parameters of ``DRSformer(config)``, from the config alone (no model is built)."""
+    enc1, enc2, enc3, lat, dec3, dec2, dec1 = config.levels
+    u3, u2, u1 = config.up_widths
+    b, wb = int(config.bias), config.norm_type == "WithBias"
+    total = config.in_channels * enc1.width * 9 + dec1.width * config.out_channels * 9 + b * config.out_channels
+    total += sum(block_params(level.width, blk, config.bias, wb) for level in config.levels for blk in level.blocks)
+    total += 9 * (enc1.width * (enc2.width // 4) + enc2.width * (enc3.width // 4) + enc3.width * (lat.width // 4))
+    total += 9 * (lat.width * 4 * u3 + dec3.width * 4 * u2 + dec2.width * 4 * u1)
+    total += (u3 + enc3.width) * dec3.width + b * dec3.width + (u2 + enc2.width) * dec2.width + b * dec2.width
+    for c, m in ((enc1.width, config.encoder_mefc), (dec1.width, config.refinement_mefc)):
+        if m is not None:
+            total += mefc_params(c, m)
+    return total
+
+
 def count_macs(config: DRSformerConfig, height: int = 256, width: int = 256) -> int:
     """Total MACs for one ``height`` x ``width`` image (padded to a multiple of 8, as the forward does)."""
     return sum(macs_by_part(config, height, width).values())

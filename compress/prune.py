@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from compress.measure import count_macs
+from compress.measure import count_macs, count_params_config
 from drsformer import DRSformer, DRSformerConfig
 from drsformer.config import NUM_EXPERT_OPS, STAGES, BlockConfig, LevelConfig, MEFCConfig
 from drsformer.model import load_strict
@@ -350,8 +350,11 @@ def _remove(plan: Plan, config: DRSformerConfig, unit: Unit, channel_scores: dic
     return True
 
 
-def _macs(config: DRSformerConfig, plan: Plan, size: int) -> int:
-    return count_macs(plan_config(config, plan), size, size)
+def _cost_fn(kind: str, size: int):
+    """The budgeted quantity of a config: MACs at ``size`` x ``size`` or parameters."""
+    if kind == "macs":
+        return lambda config: count_macs(config, size, size)
+    return count_params_config
 
 
 def select(
@@ -361,11 +364,12 @@ def select(
     kinds: list[str],
     ratios: dict[str, float] | None = None,
     target_macs: float | None = None,
+    target_params: float | None = None,
     size: int = 256,
 ) -> Plan:
     """The plan: per family, the weakest ``ratios[kind]`` share of units removed; or, with ``target_macs``
-    (a share of ``config``'s MACs), units removed in order of global rank (normalised importance per MAC
-    saved) until the budget is met."""
+    (``target_params``), a share of ``config``'s MACs (parameters) to keep, units removed in order of global
+    rank (importance normalised within its family, per MAC or parameter saved) until the budget is met."""
     unknown = [k for k in list(kinds) + list(ratios or {}) if k not in UNITS]
     if unknown:
         raise PruneError(f"prune.units: unknown unit(s) {unknown}; choose from {UNITS}")
@@ -383,26 +387,28 @@ def select(
             for u in sorted(family, key=lambda u: u.score)[: math.floor(ratio * len(family))]:
                 _remove(plan, config, u, channel_scores)
         return plan
-    if target_macs is None:
-        raise PruneError("prune: give ratios or target_macs")
-    budget = target_macs * count_macs(config, size, size)
-    full_macs = count_macs(config, size, size)
+    if (target_macs is None) == (target_params is None):
+        raise PruneError("prune: give ratios, or exactly one of target_macs and target_params")
+    kind, target = ("macs", target_macs) if target_macs is not None else ("params", target_params)
+    measure = _cost_fn(kind, size)
+    full = measure(config)
+    budget = target * full
     cost = {}
-    for u in candidates:  # MACs saved by removing this unit alone from the full network (0: not removable)
+    for u in candidates:  # saved by removing this unit alone from the full network (0: not removable)
         trial = full_plan(config)
-        cost[id(u)] = full_macs - _macs(config, trial, size) if _remove(trial, config, u, channel_scores) else 0
+        cost[id(u)] = full - measure(plan_config(config, trial)) if _remove(trial, config, u, channel_scores) else 0
     mean_cost = sum(cost.values()) / max(1, len(cost))
     order = sorted(candidates, key=lambda u: u.score / max(cost[id(u)] / mean_cost, 1e-9))
-    current = count_macs(config, size, size)
+    current = full
     for u in order:
         if current <= budget:
             break
         if _remove(plan, config, u, channel_scores):
-            current = _macs(config, plan, size)
+            current = measure(plan_config(config, plan))
     if current > budget:
         raise PruneError(
-            f"prune.target_macs: {target_macs} cannot be met by removing {kinds} "
-            f"(reached {current / count_macs(config, size, size):.3f}); add unit kinds or raise the target"
+            f"prune.target_{kind}: {target} cannot be met by removing {kinds} "
+            f"(reached {current / full:.3f}); add unit kinds or raise the target"
         )
     return plan
 
@@ -482,15 +488,13 @@ def prune(
 ) -> tuple[DRSformer, PruneReport]:
     """A smaller ``DRSformer(config)`` derived from ``model`` and the report of what went where.
 
-    ``ratios`` (per unit kind, the share removed in every block/MEFC) or ``target_macs`` (keep at most
-    this share of the MACs at 256x256, global ranking). ``target_params`` is met the same way on parameters.
+    ``ratios`` (per unit kind, the share removed in every block/MEFC), ``target_macs`` (keep at most this
+    share of the MACs at 256x256, global ranking) or ``target_params`` (the same on parameters).
     """
-    if target_params is not None:
-        raise PruneError("prune.target_params: not implemented yet; use target_macs or ratios")
     if not units:
         raise PruneError("prune.units: empty; choose from " + ", ".join(UNITS))
     scores = weight_scores(model, criterion, calibration)
     ranked, channel_scores = rank_units(model, scores)
-    plan = select(model.config, ranked, channel_scores, list(units), ratios, target_macs)
+    plan = select(model.config, ranked, channel_scores, list(units), ratios, target_macs, target_params)
     student = slice_model(model, plan)
     return student, PruneReport(criterion, list(units), model.config, student.config)

@@ -143,8 +143,9 @@ class PruneConfig(Strict):
 
     @model_validator(mode="after")
     def _check(self):
-        if not self.ratios and self.target_macs is None and self.target_params is None:
-            raise ValueError("give ratios, target_macs or target_params")
+        targets = sum(x is not None for x in (self.target_macs, self.target_params)) + bool(self.ratios)
+        if targets != 1:
+            raise ValueError("give exactly one of ratios, target_macs and target_params")
         for unit, ratio in self.ratios.items():
             if not 0 <= ratio < 1:
                 raise ValueError(f"ratios.{unit}: {ratio} is outside [0, 1)")
@@ -159,7 +160,6 @@ class DistillConfig(Strict):
     feature_weight: float = Field(0.0, ge=0)
     taps: list[str] = ["encoder_level1", "encoder_level2", "encoder_level3", "latent", "decoder_level1"]
     adapters: Literal["conv1x1", "kept_channels"] = "conv1x1"  # kept_channels: compare the channels pruning kept
-    attention_weight: float = Field(0.0, ge=0)  # L1 between TKSA attention maps of matching heads
 
 
 class LoraConfig(Strict):

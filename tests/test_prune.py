@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from compress.measure import count_macs, count_params
+from compress.measure import count_macs, count_params, count_params_config
 from compress.prune import UNITS, PruneError, prune
 from drsformer import DRSformer, DRSformerConfig
 from drsformer.config import BlockConfig, LevelConfig, MEFCConfig
@@ -114,6 +114,15 @@ def test_global_budget_is_met_and_reported(criterion, tmp_path):
     assert torch.equal(again(x), student(x))
 
 
+def test_params_budget_and_the_analytic_parameter_count():
+    teacher = DRSformer(DRSformerConfig.preset("tiny"))
+    student, _ = prune(teacher, ["ffn", "heads"], "l2", target_params=0.6)
+    assert count_params(student) <= 0.6 * count_params(teacher)
+    for config in (DRSformerConfig.preset("full"), even_config(bias=True), student.config):
+        with torch.device("meta"):
+            assert count_params_config(config) == count_params(DRSformer(config))
+
+
 def test_bad_requests_are_clear_errors():
     teacher = DRSformer(DRSformerConfig.preset("tiny"))
     with pytest.raises(PruneError, match="unknown unit"):
@@ -124,5 +133,7 @@ def test_bad_requests_are_clear_errors():
         prune(teacher, ["heads"], target_macs=0.1)
     with pytest.raises(PruneError, match="taylor needs calibration"):
         prune(teacher, ["ffn"], "taylor", target_macs=0.5)
+    with pytest.raises(PruneError, match="exactly one of target_macs and target_params"):
+        prune(teacher, ["ffn"], target_macs=0.5, target_params=0.5)
     with pytest.raises(PruneError, match="criterion"):
         prune(teacher, ["ffn"], "l3", target_macs=0.5)

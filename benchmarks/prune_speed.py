@@ -1,0 +1,103 @@
+"""Pruning cost on a teacher and the real CPU speed-up of its students.
+
+    python -m benchmarks.prune_speed                         # full paper model (random weights), 50% MACs
+    python -m benchmarks.prune_speed --preset tiny --size 64 # seconds, a smoke run
+
+1. Prunes the teacher to ``--target`` of its MACs with Taylor importance (``--calibration`` batches of
+   1x3x64x64 synthetic rain; the forward/backward is included in the time), units head_channels, ffn and
+   experts, and records wall time and the process's peak resident memory (includes building the teacher).
+2. Also prunes to 0.7 and 0.3 of the MACs (L1, no calibration) for the latency curve.
+3. Times one 1x3x``size``x``size`` forward (fp32, eval, median of ``--repeats`` after a warm-up) of the
+   teacher and each student, side by side in this process.
+Writes ``results/bench/prune_speed_<preset>.json`` atomically. Random weights: pruning cost and latency do
+not depend on training, and the ranking here is only a valid one, not a meaningful one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from compress.measure import count_macs, count_params, latency_ms
+from compress.prune import prune
+from compress.rain import add_rain
+from drsformer import PRESETS, DRSformer, DRSformerConfig
+from drsformer.model import atomic_write
+
+UNITS = ["head_channels", "ffn", "experts"]
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--preset", default="full", choices=sorted(PRESETS))
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--target", type=float, default=0.5)
+    parser.add_argument("--calibration", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=Path("results/bench"))
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    teacher = DRSformer(DRSformerConfig.preset(args.preset))
+    gen = torch.Generator().manual_seed(0)
+    batches = []
+    for _ in range(args.calibration):
+        clean = torch.rand(1, 3, 64, 64, generator=gen)
+        batches.append((add_rain(clean, 0.5, gen), clean))
+
+    started = time.perf_counter()
+    student, _ = prune(teacher, UNITS, "taylor", target_macs=args.target, calibration=batches)
+    prune_s = time.perf_counter() - started
+    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    students = {f"taylor_{args.target}": student}
+    for target in (0.7, 0.3):
+        students[f"l1_{target}"] = prune(teacher, UNITS, "l1", target_macs=target)[0]
+
+    teacher_ms = latency_ms(teacher, args.size, args.repeats)
+    rows = {}
+    for name, model in students.items():
+        ms = latency_ms(model, args.size, args.repeats)
+        rows[name] = {
+            "params": count_params(model),
+            "gmacs": count_macs(model.config, args.size, args.size) / 1e9,
+            "macs_kept": count_macs(model.config, args.size, args.size)
+            / count_macs(teacher.config, args.size, args.size),
+            "latency_ms": ms,
+            "speedup": teacher_ms / ms,
+            "config": model.config.to_dict(),
+        }
+    record = {
+        "command": " ".join(["python -m benchmarks.prune_speed", *sys.argv[1:]]),
+        "preset": args.preset,
+        "machine": f"{platform.processor() or platform.machine()}, {args.threads} torch threads, fp32, eval, batch 1",
+        "torch": torch.__version__,
+        "prune_taylor_seconds": prune_s,
+        "peak_rss_gb_after_prune": peak_gb,
+        "calibration": f"{args.calibration} x 1x3x64x64 synthetic rain",
+        "teacher": {
+            "params": count_params(teacher),
+            "gmacs": count_macs(teacher.config, args.size, args.size) / 1e9,
+            "latency_ms": teacher_ms,
+        },  # fmt: skip
+        "latency_size": args.size,
+        "students": rows,
+    }
+    out = args.out / f"prune_speed_{args.preset}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(out, lambda p: Path(p).write_text(json.dumps(record, indent=1) + "\n"))
+    print(json.dumps({k: v for k, v in record.items() if k != "students"}, indent=1))
+    for name, row in rows.items():
+        print(f"{name}: {row['macs_kept']:.2f} of the MACs, {row['latency_ms']:.0f} ms, {row['speedup']:.2f}x")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
