@@ -237,6 +237,9 @@ def fit(
                 }
                 if cfg.tensorboard:
                     accelerator.log(logged, step=done)
+                if show and not progress.console.is_terminal:  # a log file gets one line per log_every
+                    accelerator.print(f"step {done}/{cfg.steps} " + " ".join(f"{k} {v:.4g}" for k, v in logged.items())
+                                      + f" {patches_per_s:.2f} patches/s")  # fmt: skip
             if val_sets and (done % cfg.eval_every == 0 or done == cfg.steps):
                 val = validate(accelerator.unwrap_model(model), val_sets, device)
                 mean_psnr = sum(v["psnr_y_db"] for v in val.values()) / len(val)
