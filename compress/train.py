@@ -32,8 +32,8 @@ STATE, BEST, FINAL = "state", "best", "final"  # sub-folders of a run directory
 @dataclass
 class TrainSummary:
     steps: int
-    seconds: float
-    patches_per_s: float
+    seconds: float  # training time over every session of the run (validation and checkpoints included)
+    patches_per_s: float  # this session's
     last_loss: float
     val: dict[str, dict[str, float]] = field(default_factory=dict)  # last validation, per set
     best_psnr_y_db: float | None = None
@@ -167,12 +167,13 @@ def fit(
     if distiller is not None:
         distiller.prepare(accelerator)
 
-    start, best = 0, {"psnr": None, "step": None}
+    start, best, earlier_seconds = 0, {"psnr": None, "step": None}, 0.0
     state = latest_state(run_dir) if resume else None
     if state is not None:
         accelerator.load_state(str(state))
         progress_info = json.loads((state / "progress.json").read_text())
         start, best = progress_info["step"], progress_info["best"]
+        earlier_seconds = progress_info.get("train_seconds", 0.0)  # states from before this field: unknown, 0
         accelerator.print(f"resumed {run_dir} at step {start}")
     micro_batches = start * cfg.grad_accum
     iters = [
@@ -190,7 +191,8 @@ def fit(
         accelerator.save_state(str(tmp))
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
-            info = {"step": step, "best": best, "recipe": recipe}
+            seconds_so_far = earlier_seconds + time.perf_counter() - started
+            info = {"step": step, "best": best, "train_seconds": seconds_so_far, "recipe": recipe}
             (tmp / "progress.json").write_text(json.dumps(info, indent=1))
             _swap_in(tmp, run_dir / STATE)
         accelerator.wait_for_everyone()
@@ -268,8 +270,8 @@ def fit(
     gathered = accelerator.gather(checks[None]).view(-1, 2).cpu()
     return TrainSummary(
         steps=cfg.steps,
-        seconds=seconds,
-        patches_per_s=(cfg.steps - start) * cfg.batch_size / max(seconds, 1e-9),
+        seconds=earlier_seconds + seconds,  # over all sessions of a resumed run
+        patches_per_s=(cfg.steps - start) * cfg.batch_size / seconds if start < cfg.steps else float("nan"),
         last_loss=last_loss,
         val=val,
         best_psnr_y_db=best["psnr"],
