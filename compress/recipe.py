@@ -196,8 +196,14 @@ class Recipe(Strict):
         return self
 
     @property
+    def stem(self) -> str:
+        """The run's key: ``name``, or ``name_seed<N>`` when the seed is not the default (repeats of a recipe)."""
+        default = type(self).model_fields["seed"].default
+        return self.name if self.seed == default else f"{self.name}_seed{self.seed}"
+
+    @property
     def run_dir(self) -> Path:
-        return Path(self.out_dir) / self.name
+        return Path(self.out_dir) / self.stem
 
 
 class RecipeError(ValueError):

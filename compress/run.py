@@ -29,9 +29,6 @@ from compress.results import RESULTS, environment, git_state, record_path, write
 from compress.train import FINAL, fit, make_accelerator, synthesize, write_summary
 from drsformer import DRSformer
 
-DEFAULT_SEED = 100
-
-
 def load_teacher(recipe: Recipe, console: Console) -> DRSformer:
     """The recipe's teacher: a saved model, an official .pth, or the final model of a teacher recipe."""
     spec = recipe.teacher
@@ -169,8 +166,7 @@ def main(argv=None) -> None:
     parser.add_argument("--results", type=Path, default=RESULTS, help="results folder (runs/, scratch/, plots)")
     args = parser.parse_args(argv)
     recipe = load_recipe(args.recipe, args.overrides)
-    stem = recipe.name if recipe.seed == DEFAULT_SEED else f"{recipe.name}_seed{recipe.seed}"
-    train(recipe, stem, Console(), resume=args.resume, scratch=args.scratch, results=args.results)
+    train(recipe, recipe.stem, Console(), resume=args.resume, scratch=args.scratch, results=args.results)
 
 
 if __name__ == "__main__":
