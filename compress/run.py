@@ -29,6 +29,7 @@ from compress.results import RESULTS, environment, git_state, record_path, write
 from compress.train import FINAL, fit, make_accelerator, synthesize, write_summary
 from drsformer import DRSformer
 
+
 def load_teacher(recipe: Recipe, console: Console) -> DRSformer:
     """The recipe's teacher: a saved model, an official .pth, or the final model of a teacher recipe."""
     spec = recipe.teacher
