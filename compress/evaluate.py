@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from compress.data import DataError, PairedImages, image_files, read_image
+from compress.data import DataError, PairedImages, image_files, read_image, to_uint8
 from compress.metrics import NoReference, psnr_y, ssim_y
 from drsformer import PRESETS, DRSformer, DRSformerConfig
 from drsformer.model import PAD_MULTIPLE, atomic_write
@@ -88,10 +88,12 @@ def derain(model: nn.Module, rainy: torch.Tensor, tile: int | None = None, overl
     return (out / weight).clamp(0, 1)
 
 
-def _progress():
+def progress_bar(*columns, enabled: bool = True):
+    """A rich progress bar: description, bar, done/total, ``columns``, time left; silent when not ``enabled``."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), *columns,
+                    TimeRemainingColumn(), disable=not enabled)  # fmt: skip
 
 
 def score_paired(
@@ -168,8 +170,7 @@ def evaluate(
     paired, real = paired or {}, real or {}
     datasets = {name: PairedImages(root) for name, root in paired.items()}  # layout errors before any work
     results = {}
-    with _progress() as progress:
-        progress.disable = not show
+    with progress_bar(enabled=show) as progress:
         for name, dataset in datasets.items():
             results[name] = score_paired(model, dataset, tile, progress, name, limit)
         scorer = NoReference() if real else None
@@ -213,14 +214,13 @@ def derain_folder(
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     model = model.eval()
-    with _progress() as progress:
-        progress.disable = not show
+    with progress_bar(enabled=show) as progress:
         task = progress.add_task("derain", total=len(files))
         for path in files:
             rainy = read_image(path)[None]
             derained = derain(model, rainy, tile)
             shown = torch.cat([rainy, derained], dim=-1) if side_by_side else derained
-            array = (shown[0].permute(1, 2, 0).numpy() * 255).round().clip(0, 255).astype(np.uint8)
+            array = to_uint8(shown[0]).permute(1, 2, 0).numpy()
             target = out_dir / path.name
             fmt = Image.registered_extensions()[path.suffix.lower()]
             atomic_write(target, lambda p, a=array, f=fmt: Image.fromarray(a).save(p, format=f, quality=95))

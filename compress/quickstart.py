@@ -17,11 +17,10 @@ import argparse
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from rich.console import Console
 
-from compress.data import VALIDATION_IMAGES, builtin_images
+from compress.data import VALIDATION_IMAGES, builtin_images, to_uint8
 from compress.plots import regenerate
 from compress.rain import add_rain
 from compress.recipe import load_recipe
@@ -44,7 +43,7 @@ def builtin_test_set(folder: Path, size: int = 128) -> Path:
     for name, heaviness in (("light", 0.0), ("heavy", 1.0)):
         rainy = add_rain(clean, heaviness, torch.Generator().manual_seed(2024))
         for sub, img in (("input", rainy), ("target", clean)):
-            array = (img[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+            array = to_uint8(img[0]).permute(1, 2, 0).numpy()
             Image.fromarray(array).save(folder / sub / f"{name}.png")
     return folder
 

@@ -18,15 +18,16 @@ import torch
 from accelerate.utils import set_seed
 from rich.console import Console
 
-from compress.data import training_patches, validation_sets
+from compress.data import training_patches
 from compress.distill import Distiller, add_lora
 from compress.evaluate import evaluate, load_model
 from compress.measure import count_macs, count_params, latency_ms
 from compress.plots import regenerate
 from compress.prune import prune
-from compress.recipe import Recipe, load_recipe
+from compress.recipe import DistillConfig, Recipe, load_recipe
 from compress.results import RESULTS, environment, git_state, record_path, write_record
-from compress.train import FINAL, fit, make_accelerator, synthesize, write_summary
+from compress.train import FINAL, fit_recipe, make_accelerator, synthesize
+from compress.train_teacher import train_teacher
 from drsformer import DRSformer
 
 
@@ -39,7 +40,7 @@ def load_teacher(recipe: Recipe, console: Console) -> DRSformer:
     final = teacher_recipe.run_dir / FINAL
     if not (final / "model.safetensors").is_file():
         console.print(f"[bold]teacher[/] {final} not found: training {spec.recipe} first")
-        train(teacher_recipe, None, console, resume=True)
+        train_teacher(teacher_recipe, resume=True)
     return DRSformer.from_pretrained(final)
 
 
@@ -94,39 +95,23 @@ def train(
     student, report = student_of(recipe, teacher, console)
     distiller = None
     if recipe.distill is not None or recipe.lora is not None:
-        from compress.recipe import DistillConfig
-
         distill = recipe.distill or DistillConfig(output_weight=0.0)  # LoRA alone: ground truth only
         distiller = Distiller(teacher, student, distill, accelerator.device)
     if recipe.lora is not None:
         student = add_lora(student, recipe.lora)
-    summary = fit(
-        student,
-        recipe.train,
-        training_patches(recipe.data, recipe.seed),
-        accelerator,
-        run_dir,
-        seed=recipe.seed,
-        heaviness=recipe.data.heaviness,
-        real_fraction=recipe.data.real_rain_fraction,
-        val_sets=validation_sets(recipe.data),
-        distiller=distiller,
-        workers=recipe.data.workers,
-        resume=resume,
-        recipe=recipe.model_dump(mode="json"),
-    )
+    summary = fit_recipe(student, recipe, accelerator, distiller=distiller, resume=resume)
     record = {}
     if accelerator.is_main_process:
-        write_summary(summary, run_dir / "summary.json")
         final = DRSformer.from_pretrained(run_dir / FINAL)
         console.print("[bold]evaluate[/]")
         sets = evaluate(final, recipe.eval.paired, recipe.eval.real, recipe.eval.tile, recipe.eval.limit)
+        env = environment()
         record = {
             "stem": stem or recipe.name,
             "role": "teacher" if recipe.teacher is None else "student",
             "recipe": recipe.model_dump(mode="json"),
             **git_state(),
-            **environment(),
+            **env,
             "config": final.config.to_dict(),
             "params_m": count_params(final) / 1e6,
             "gmacs_256": count_macs(final.config, 256, 256) / 1e9,
@@ -144,7 +129,7 @@ def train(
             "prune": None if report is None else report.rows(),
             "scale": f"{recipe.model.preset if recipe.teacher is None else 'student'}; {summary.steps} steps x "
             f"{recipe.train.batch_size} patches of {recipe.data.patch_size}px; synthetic rain on "
-            f"{', '.join(recipe.data.backgrounds)}; {environment()['device']}",
+            f"{', '.join(recipe.data.backgrounds)}; {env['device']}",
             "status": "ok",
             "total_seconds": time.perf_counter() - started,
         }

@@ -20,8 +20,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
+from rich.progress import TextColumn
 from torch import nn
 
+from compress.data import training_patches, validation_sets
+from compress.evaluate import progress_bar
 from compress.metrics import psnr_y, ssim_y
 from compress.rain import add_rain
 from drsformer.model import atomic_write
@@ -199,7 +202,8 @@ def fit(
 
     first_patch_sum, last_loss, val = None, float("nan"), {}
     started = time.perf_counter()
-    progress = _progress(accelerator.is_main_process and show)
+    stats = TextColumn("loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.2e}  {task.fields[pps]:.1f} patches/s")
+    progress = progress_bar(stats, enabled=accelerator.is_main_process and show)
     task = progress.add_task("train", total=cfg.steps, completed=start, loss=float("nan"), lr=cfg.lr, pps=0.0)
     model.train()
     with progress:
@@ -295,14 +299,26 @@ def write_summary(summary: TrainSummary, path: Path) -> None:
     atomic_write(path, lambda p: Path(p).write_text(json.dumps(asdict(summary), indent=1) + "\n"))
 
 
-def _progress(enabled: bool):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.2e}  {task.fields[pps]:.1f} patches/s"),
-        TimeRemainingColumn(),
-        disable=not enabled,
+def fit_recipe(model: nn.Module, recipe, accelerator: Accelerator, *, distiller=None, resume: bool = False,
+               show: bool = True) -> TrainSummary:  # fmt: skip
+    """``fit()`` with everything a recipe sets (data, rain, validation, seed, run directory); the main
+    process writes ``<run dir>/summary.json``."""
+    summary = fit(
+        model,
+        recipe.train,
+        training_patches(recipe.data, recipe.seed),
+        accelerator,
+        recipe.run_dir,
+        seed=recipe.seed,
+        heaviness=recipe.data.heaviness,
+        real_fraction=recipe.data.real_rain_fraction,
+        val_sets=validation_sets(recipe.data),
+        distiller=distiller,
+        workers=recipe.data.workers,
+        resume=resume,
+        recipe=recipe.model_dump(mode="json"),
+        show=show,
     )
+    if accelerator.is_main_process:
+        write_summary(summary, recipe.run_dir / "summary.json")
+    return summary

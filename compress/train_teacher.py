@@ -18,38 +18,19 @@ from pathlib import Path
 
 from accelerate.utils import set_seed
 
-from compress.data import training_patches, validation_sets
 from compress.recipe import Recipe, load_recipe
-from compress.train import FINAL, fit, make_accelerator, write_summary
+from compress.train import FINAL, fit_recipe, make_accelerator
 from drsformer import DRSformer
 
 
 def train_teacher(recipe: Recipe, resume: bool = False, show: bool = True) -> Path:
     """Train ``recipe``'s model from scratch; returns the ``save_pretrained`` folder of the final teacher."""
-    run_dir = recipe.run_dir
-    accelerator = make_accelerator(recipe.train, run_dir)
+    accelerator = make_accelerator(recipe.train, recipe.run_dir)
     set_seed(recipe.seed)
-    model = DRSformer(recipe.model.config())
-    data = training_patches(recipe.data, recipe.seed)
-    summary = fit(
-        model,
-        recipe.train,
-        data,
-        accelerator,
-        run_dir,
-        seed=recipe.seed,
-        heaviness=recipe.data.heaviness,
-        val_sets=validation_sets(recipe.data),
-        workers=recipe.data.workers,
-        resume=resume,
-        recipe=recipe.model_dump(mode="json"),
-        show=show,
-    )
-    if accelerator.is_main_process:
-        write_summary(summary, run_dir / "summary.json")
-        accelerator.print(json.dumps({k: v for k, v in asdict(summary).items() if k != "val"}, indent=1))
+    summary = fit_recipe(DRSformer(recipe.model.config()), recipe, accelerator, resume=resume, show=show)
+    accelerator.print(json.dumps({k: v for k, v in asdict(summary).items() if k != "val"}, indent=1))
     accelerator.wait_for_everyone()
-    return run_dir / FINAL
+    return recipe.run_dir / FINAL
 
 
 def main(argv=None) -> None:
