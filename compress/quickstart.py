@@ -77,7 +77,8 @@ def main(argv=None) -> None:
     for stage, recipe in (("teacher", teacher), ("student", student)):
         console.rule(f"[bold]{stage}: {recipe.name}")
         record = train(recipe, None, console)
-        record["scale"] = f"quickstart: tiny preset, {recipe.train.steps} steps x 4 patches of 48 px, built-in photos"
+        model = "tiny preset" if recipe.teacher is None else "pruned from the quickstart teacher"
+        record["scale"] = f"quickstart: {model}, {recipe.train.steps} steps x 4 patches of 48 px, built-in photos"
         write_record(record, results / "runs" / f"{recipe.name}.json")
     for path in regenerate(results):
         console.print(f"wrote {path}")
