@@ -2,15 +2,17 @@
 
     python -m benchmarks.prune_speed                         # full paper model (random weights), 50% MACs
     python -m benchmarks.prune_speed --preset tiny --size 64 # seconds, a smoke run
+    python -m benchmarks.prune_speed --units head_channels,ffn,experts,width --max-ratio 0.5
 
 1. Prunes the teacher to ``--target`` of its MACs with Taylor importance (``--calibration`` batches of
-   1x3x64x64 synthetic rain; the forward/backward is included in the time), units head_channels, ffn and
-   experts, and records wall time and the process's peak resident memory (includes building the teacher).
+   1x3x64x64 synthetic rain; the forward/backward is included in the time), units ``--units`` (default
+   head_channels, ffn and experts; at most ``--max-ratio`` of any family), and records wall time and the
+   process's peak resident memory (includes building the teacher).
 2. Also prunes to 0.7 and 0.3 of the MACs (L1, no calibration) for the latency curve.
 3. Times one 1x3x``size``x``size`` forward (fp32, eval, median of ``--repeats`` after a warm-up) of the
    teacher and each student, side by side in this process.
-Writes ``results/bench/prune_speed_<preset>.json`` atomically. Random weights: pruning cost and latency do
-not depend on training, and the ranking here is only a valid one, not a meaningful one.
+Writes ``results/bench/prune_speed_<preset>.json`` (``..._<units>.json`` for other units) atomically.
+Random weights: pruning cost and latency do not depend on training, and the ranking here is only a valid one, not a meaningful one.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from compress.rain import add_rain
 from drsformer import PRESETS, DRSformer, DRSformerConfig
 from drsformer.model import atomic_write
 
-UNITS = ["head_channels", "ffn", "experts"]
+UNITS = "head_channels,ffn,experts"
 
 
 def main(argv=None) -> None:
@@ -42,8 +44,11 @@ def main(argv=None) -> None:
     parser.add_argument("--calibration", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--units", default=UNITS, help="comma-separated unit kinds (compress.prune.UNITS)")
+    parser.add_argument("--max-ratio", type=float, default=1.0, help="largest share removed from one family")
     parser.add_argument("--out", type=Path, default=Path("results/bench"))
     args = parser.parse_args(argv)
+    units = args.units.split(",")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     teacher = DRSformer(DRSformerConfig.preset(args.preset))
@@ -54,12 +59,12 @@ def main(argv=None) -> None:
         batches.append((add_rain(clean, 0.5, gen), clean))
 
     started = time.perf_counter()
-    student, _ = prune(teacher, UNITS, "taylor", target_macs=args.target, calibration=batches)
+    student, _ = prune(teacher, units, "taylor", target_macs=args.target, calibration=batches, max_ratio=args.max_ratio)
     prune_s = time.perf_counter() - started
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     students = {f"taylor_{args.target}": student}
     for target in (0.7, 0.3):
-        students[f"l1_{target}"] = prune(teacher, UNITS, "l1", target_macs=target)[0]
+        students[f"l1_{target}"] = prune(teacher, units, "l1", target_macs=target, max_ratio=args.max_ratio)[0]
 
     teacher_ms = latency_ms(teacher, args.size, args.repeats)
     rows = {}
@@ -79,6 +84,8 @@ def main(argv=None) -> None:
         "preset": args.preset,
         "machine": f"{platform.processor() or platform.machine()}, {args.threads} torch threads, fp32, eval, batch 1",
         "torch": torch.__version__,
+        "units": units,
+        "max_ratio": args.max_ratio,
         "prune_taylor_seconds": prune_s,
         "peak_rss_gb_after_prune": peak_gb,
         "calibration": f"{args.calibration} x 1x3x64x64 synthetic rain",
@@ -90,7 +97,8 @@ def main(argv=None) -> None:
         "latency_size": args.size,
         "students": rows,
     }
-    out = args.out / f"prune_speed_{args.preset}.json"
+    suffix = "" if args.units == UNITS else "_" + "+".join(units)
+    out = args.out / f"prune_speed_{args.preset}{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(out, lambda p: Path(p).write_text(json.dumps(record, indent=1) + "\n"))
     print(json.dumps({k: v for k, v in record.items() if k != "students"}, indent=1))

@@ -1,10 +1,12 @@
 """Distillation from a frozen teacher: output and feature losses, 1x1 adapters, optional LoRA (peft).
 
 ``FeatureTaps(model, ["encoder_level1", "latent"])`` records the outputs of modules by path. Structured
-pruning keeps the topology, so the same paths exist in teacher and student. Where a tap's widths differ,
-a 1x1 adapter (FitNets) maps the student's channels to the teacher's; it trains with the student and is
-dropped at export. ``kept_channels`` compares the channels directly (pruning here keeps residual widths,
-so teacher and student taps have the same channels).
+pruning keeps the topology, so the same paths exist in teacher and student. ``conv1x1``: a 1x1 adapter
+(FitNets) maps the student's channels to the teacher's; it trains with the student and is dropped at
+export. It starts as the identity, or, where width pruning cut the tap's stream, as the embedding of each
+student channel into the teacher channel it was cut from (``PruneReport.kept_channels``), so the first
+feature loss measures the pruning itself. ``kept_channels``: no adapter; the student's channels are
+compared with the teacher channels they were cut from.
 """
 
 from __future__ import annotations
@@ -72,8 +74,9 @@ class Distiller:
     are learned from the teacher's output only.
     """
 
-    def __init__(self, teacher: nn.Module, student: nn.Module, cfg, device="cpu"):
+    def __init__(self, teacher: nn.Module, student: nn.Module, cfg, device="cpu", kept_channels=None):
         self.cfg = cfg
+        self.kept = {}  # tap -> teacher channels behind the student's (only where widths differ)
         self.teacher = teacher.eval().requires_grad_(False)
         feature_paths = list(cfg.taps) if cfg.feature_weight > 0 else []
         self.teacher_taps = FeatureTaps(self.teacher, feature_paths)
@@ -82,14 +85,24 @@ class Distiller:
         if feature_paths:
             widths = _tap_widths(self.teacher, student, feature_paths)
             for path, (t_width, s_width) in widths.items():
+                kept = _kept_at(kept_channels or {}, path)
+                if t_width != s_width:
+                    if kept is None or len(kept) != s_width:
+                        if cfg.adapters == "kept_channels":
+                            raise ValueError(f"distill.adapters kept_channels: tap {path} has {s_width} student and "
+                                             f"{t_width} teacher channels and no record of which teacher channels "
+                                             "the student kept; use conv1x1")  # fmt: skip
+                        kept = None
+                    else:
+                        self.kept[path] = kept
                 if cfg.adapters == "kept_channels":
-                    if t_width != s_width:
-                        raise ValueError(f"distill.adapters kept_channels: tap {path} has {s_width} student and "
-                                         f"{t_width} teacher channels; use conv1x1")  # fmt: skip
                     continue
                 adapter = nn.Conv2d(s_width, t_width, 1, bias=False)
                 if s_width == t_width:
                     nn.init.dirac_(adapter.weight)  # start as the identity
+                elif kept is not None:
+                    with torch.no_grad():
+                        adapter.weight.zero_()[kept, range(s_width)] = 1.0  # embed each kept channel
                 self.adapters[path.replace(".", "__")] = adapter
         self.adapters.to(device)
 
@@ -114,14 +127,25 @@ class Distiller:
             for path in cfg.taps:
                 student = self.student_taps.features[path].float()
                 key = path.replace(".", "__")
+                teacher = self.teacher_taps.features[path].float()
                 if key in self.adapters:
                     student = self.adapters[key](student)
-                losses.append(F.l1_loss(student, self.teacher_taps.features[path].float()))
+                elif path in self.kept:
+                    teacher = teacher[:, self.kept[path]]
+                losses.append(F.l1_loss(student, teacher))
             terms["feature_kd"] = cfg.feature_weight * torch.stack(losses).mean()
         return terms
 
     def export(self, student: nn.Module) -> nn.Module:
         return merge_lora(student)
+
+
+def _kept_at(kept_channels: dict[str, list[int]], path: str) -> list[int] | None:
+    """The kept teacher channels at a tap: the module's own entry, or its stage's for a block output."""
+    if path in kept_channels:
+        return kept_channels[path]
+    stage, _, block = path.partition(".")
+    return kept_channels.get(stage) if block.isdigit() else None
 
 
 @torch.no_grad()

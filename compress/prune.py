@@ -4,7 +4,7 @@ Units (each alone or together): ``head_channels`` (one channel of every head of 
 rows, their depthwise taps and the project_out column), ``heads`` (whole heads with their temperature),
 ``ffn`` (MSFN channel pairs, see ``_ffn_groups``), ``experts`` (one expert operation of one MEFC step with
 its block of the step's 1x1 output conv), ``steps`` (a whole MEFC step with its router rows) and
-``blocks`` (a whole transformer block). Residual level widths are not pruned yet.
+``blocks`` (a whole transformer block) and ``width`` (the residual width of a stage, see ``WIDTH_SEGMENTS``).
 
 Why not torch-pruning's DepGraph: on DRSformer its tracer fails (IndexError in MSFN/TKSA, no
 PixelShuffle pruner) and needs ~18 GB on the whole model (``../shared/INSTALL.md``). The coupling of each
@@ -19,7 +19,10 @@ by the nature of the network: a head channel takes part in the channel softmax o
 column), so removing it changes the other rows slightly even when its weights are zero; and the official
 odd MSFN widths (127, 255, 1021 = int(2.66 C)) pair channel ``h - 1`` of the 3x3 branch with channel 0 of the
 5x5 branch, which chains all channels of a half together, so an odd MSFN is re-paired (``_ffn_groups``) the
-first time its width is pruned.
+first time its width is pruned; and a residual channel takes part in the LayerNorm statistics of its stage
+(like a head channel in its softmax), so removing it rescales the kept channels' normalisation slightly
+even when the channel is zero everywhere. Width pruning is exact for a network whose LayerNorms see only
+the kept channels (tested).
 """
 
 from __future__ import annotations
@@ -34,9 +37,19 @@ from drsformer import DRSformer, DRSformerConfig
 from drsformer.config import NUM_EXPERT_OPS, STAGES, BlockConfig, LevelConfig, MEFCConfig
 from drsformer.model import load_strict
 
-UNITS = ("head_channels", "heads", "ffn", "experts", "steps", "blocks")
+UNITS = ("head_channels", "heads", "ffn", "experts", "steps", "blocks", "width")
 CRITERIA = ("l1", "l2", "taylor", "random")
 MIN_HEAD_DIM = 2  # the config's minimum; the top-k counts need at least 2 channels
+# Residual streams whose width can be pruned. A stream is every tensor that carries the same channels: the
+# stage's blocks (norms, qkv and project_in columns, project_out rows), what writes it (patch embedding,
+# downsample/upsample conv rows, reduce conv rows, MEFC) and what reads it (the next resample, the skip
+# concatenation into a reduce conv or into decoder_level1, the output conv). decoder_level1 and the
+# refinement MEFC carry cat[up2_1, encoder_level1], so they shrink with those two streams.
+WIDTH_SEGMENTS = ("encoder_level1", "encoder_level2", "encoder_level3", "latent", "up4_3", "decoder_level3",
+                  "up3_2", "decoder_level2", "up2_1")  # fmt: skip
+# Streams written by PixelUnshuffle(2): a width unit is one row of the downsample conv = 4 channels.
+UNSHUFFLED = ("encoder_level2", "encoder_level3", "latent")
+MIN_WIDTH = 2  # channels (or unshuffled groups of 4) a stream keeps at least
 
 
 class PruneError(ValueError):
@@ -62,6 +75,18 @@ class MEFCPlan:
 class Plan:
     blocks: dict[tuple[str, int], BlockPlan] = field(default_factory=dict)
     mefc: dict[str, MEFCPlan] = field(default_factory=dict)
+    widths: dict[str, list[int]] = field(default_factory=dict)  # stream -> kept width units (old indices)
+
+
+def _segment_width(config: DRSformerConfig, segment: str) -> int:
+    if segment.startswith("up"):
+        return config.up_widths[("up4_3", "up3_2", "up2_1").index(segment)]
+    return config.level(segment).width
+
+
+def _segment_units(config: DRSformerConfig, segment: str) -> int:
+    width = _segment_width(config, segment)
+    return width // 4 if segment in UNSHUFFLED else width
 
 
 def full_plan(config: DRSformerConfig) -> Plan:
@@ -73,6 +98,7 @@ def full_plan(config: DRSformerConfig) -> Plan:
             )
     for site, m in _mefcs(config).items():
         plan.mefc[site] = MEFCPlan(list(range(m.steps)), {i: list(ops) for i, ops in enumerate(m.ops)})
+    plan.widths = {seg: list(range(_segment_units(config, seg))) for seg in WIDTH_SEGMENTS}
     return plan
 
 
@@ -83,6 +109,8 @@ def _mefcs(config: DRSformerConfig) -> dict[str, MEFCConfig]:
 
 def plan_config(config: DRSformerConfig, plan: Plan) -> DRSformerConfig:
     """The config of the network that ``plan`` keeps."""
+    widths = {seg: len(kept) * (4 if seg in UNSHUFFLED else 1) for seg, kept in plan.widths.items()}
+    widths["decoder_level1"] = widths["up2_1"] + widths["encoder_level1"]
     levels = []
     for stage, level in zip(STAGES, config.levels):
         blocks = []
@@ -91,7 +119,7 @@ def plan_config(config: DRSformerConfig, plan: Plan) -> DRSformerConfig:
             if p.alive:
                 hidden = b.ffn_hidden if p.pairs is None else 2 * len(p.pairs)
                 blocks.append(BlockConfig(len(p.heads), len(p.channels[0]), hidden))
-        levels.append(LevelConfig(level.width, tuple(blocks)))
+        levels.append(LevelConfig(widths[stage], tuple(blocks)))
     mefc = {}
     for site, m in _mefcs(config).items():
         p = plan.mefc[site]
@@ -99,6 +127,7 @@ def plan_config(config: DRSformerConfig, plan: Plan) -> DRSformerConfig:
     return replace(
         config,
         levels=tuple(levels),
+        up_widths=tuple(widths[seg] for seg in ("up4_3", "up3_2", "up2_1")),
         encoder_mefc=mefc.get("encoder_level0"),
         refinement_mefc=mefc.get("refinement"),
     )
@@ -149,6 +178,9 @@ def slice_model(model: DRSformer, plan: Plan) -> DRSformer:
                 j += 1
     for site, p in plan.mefc.items():
         _slice_mefc(old, new, site, p, _mefcs(model.config)[site])
+    if plan.widths != full_plan(model.config).widths:  # second pass on the other dimensions: residual widths
+        same_widths = replace(plan, widths=full_plan(model.config).widths)
+        new = _slice_widths(new, plan_config(model.config, same_widths), plan.widths)
     student = DRSformer(config)
     load_strict(student, new, origin="pruned state")
     return student
@@ -209,6 +241,83 @@ def _slice_mefc(old: dict, new: dict, site: str, p: MEFCPlan, m: MEFCConfig) -> 
                 new[dst + rest] = value[:, cols].clone()
         else:
             new[key] = value.clone()
+
+
+# ------------------------------------------------------------------------------------------------ widths
+Owner = tuple[str, int]  # (stream, width unit)
+
+
+def _streams(config: DRSformerConfig) -> dict[str, list[Owner]]:
+    """The owner (stream, unit) of every channel of every stage's residual stream and of every upsampler."""
+
+    def channels(seg: str) -> list[Owner]:
+        group = 4 if seg in UNSHUFFLED else 1
+        return [(seg, i // group) for i in range(_segment_width(config, seg))]
+
+    streams = {seg: channels(seg) for seg in WIDTH_SEGMENTS}
+    streams["decoder_level1"] = streams["up2_1"] + streams["encoder_level1"]
+    return streams
+
+
+def _width_owners(key: str, shape: torch.Size, config: DRSformerConfig, streams: dict) -> dict[int, list[Owner]]:
+    """For one state entry, ``{dim: owner of each index}`` along every dimension that carries a residual
+    stream (empty when none does). The coupling of every stream lives here and only here."""
+    stage, name = key.split(".", 1)
+    if stage in STAGES:  # a block: name = "<i>.<rest>"
+        s, rest = streams[stage], name.split(".", 1)[1]
+        if rest.startswith(("norm1.", "norm2.", "attn.project_out.", "ffn.project_out.")):
+            return {0: s}
+        return {1: s} if rest in ("attn.qkv.weight", "ffn.project_in.weight") else {}
+    if stage in ("encoder_level0", "refinement"):
+        s = streams["encoder_level1" if stage == "encoder_level0" else "decoder_level1"]
+        if name == "layers.0.ca_fc.0.weight":
+            return {1: s}
+        if not name.startswith("layers.1.") or not name.endswith("weight"):
+            return {}
+        if name.endswith("_out.0.weight"):
+            return {0: s, 1: s * (shape[1] // len(s))}  # one column block per kept expert op
+        return {0: s} if shape[1] == 1 else {0: s, 1: s}  # depthwise / 1x1 (c -> c)
+    if stage == "patch_embed":
+        return {0: streams["encoder_level1"]}
+    if stage == "output":
+        return {1: streams["decoder_level1"]} if name == "weight" else {}
+    resample = {"down1_2": ("encoder_level1", "encoder_level2"), "down2_3": ("encoder_level2", "encoder_level3"),
+                "down3_4": ("encoder_level3", "latent"), "up4_3": ("latent", "up4_3"),
+                "up3_2": ("decoder_level3", "up3_2"), "up2_1": ("decoder_level2", "up2_1")}  # fmt: skip
+    if stage in resample:
+        src, dst = resample[stage]
+        per_row = 1 if stage.startswith("down") else 4  # PixelUnshuffle: row = unit; PixelShuffle: 4 rows/channel
+        return {0: [(dst, r // per_row) for r in range(shape[0])], 1: streams[src]}
+    reduce = {"reduce_chan_level3": ("decoder_level3", "up4_3", "encoder_level3"),
+              "reduce_chan_level2": ("decoder_level2", "up3_2", "encoder_level2")}  # fmt: skip
+    if stage in reduce:
+        out, up, skip = reduce[stage]
+        return {0: streams[out], 1: streams[up] + streams[skip]} if name == "weight" else {0: streams[out]}
+    raise PruneError(f"no width coupling known for state entry {key!r}")
+
+
+def _slice_widths(state: dict, config: DRSformerConfig, kept: dict[str, list[int]]) -> dict:
+    """``state`` (of a ``config`` network) with every residual stream cut to its ``kept`` units."""
+    streams, keep = _streams(config), {seg: set(units) for seg, units in kept.items()}
+    out = {}
+    for key, value in state.items():
+        for dim, owners in _width_owners(key, value.shape, config, streams).items():
+            index = [i for i, (seg, unit) in enumerate(owners) if unit in keep[seg]]
+            value = value.index_select(dim, torch.tensor(index, dtype=torch.long))
+        out[key] = value
+    return out
+
+
+def _width_units(scores: dict, config: DRSformerConfig) -> list[Unit]:
+    """One unit per width unit of every stream; its score sums every weight slice the unit owns."""
+    streams = _streams(config)
+    totals = {(seg, i): 0.0 for seg in WIDTH_SEGMENTS for i in range(_segment_units(config, seg))}
+    for key, score in scores.items():
+        for dim, owners in _width_owners(key, score.shape, config, streams).items():
+            per_index = score.sum([d for d in range(score.dim()) if d != dim]) if score.dim() > 1 else score
+            for (seg, unit), value in zip(owners, per_index.tolist()):
+                totals[seg, unit] += value
+    return [Unit("width", (seg,), unit, total) for (seg, unit), total in totals.items()]
 
 
 # ------------------------------------------------------------------------------------------------ importance
@@ -292,6 +401,7 @@ def rank_units(model: DRSformer, scores: dict) -> tuple[list[Unit], dict]:
             units += _block_units(scores, f"{stage}.{i}.", b, channel_scores)
     for site, m in _mefcs(model.config).items():
         units += _mefc_units(scores, site, m)
+    units += _width_units(scores, model.config)
     families: dict[tuple, list[Unit]] = {}
     for u in units:
         families.setdefault((u.kind, u.where), []).append(u)
@@ -335,6 +445,12 @@ def _remove(plan: Plan, config: DRSformerConfig, unit: Unit, channel_scores: dic
             return False
         p.alive = False
         return True
+    if unit.kind == "width":
+        kept = plan.widths[unit.where[0]]
+        if unit.index not in kept or len(kept) <= MIN_WIDTH:
+            return False
+        kept.remove(unit.index)
+        return True
     if unit.kind == "experts":
         site, step = unit.where
         ops = plan.mefc[site].ops[step]
@@ -366,10 +482,13 @@ def select(
     target_macs: float | None = None,
     target_params: float | None = None,
     size: int = 256,
+    max_ratio: float = 1.0,
 ) -> Plan:
     """The plan: per family, the weakest ``ratios[kind]`` share of units removed; or, with ``target_macs``
     (``target_params``), a share of ``config``'s MACs (parameters) to keep, units removed in order of global
-    rank (importance normalised within its family, per MAC or parameter saved) until the budget is met."""
+    rank (importance normalised within its family, per MAC or parameter saved) until the budget is met, at
+    most ``max_ratio`` of any one family (torch-pruning's ``max_pruning_ratio``): without a cap the per-MAC
+    ranking empties the full-resolution streams and MEFC steps first, since their units cost the most MACs."""
     unknown = [k for k in list(kinds) + list(ratios or {}) if k not in UNITS]
     if unknown:
         raise PruneError(f"prune.units: unknown unit(s) {unknown}; choose from {UNITS}")
@@ -389,6 +508,12 @@ def select(
         return plan
     if (target_macs is None) == (target_params is None):
         raise PruneError("prune: give ratios, or exactly one of target_macs and target_params")
+    if not 0 < max_ratio <= 1:
+        raise PruneError(f"prune.max_ratio: {max_ratio} is outside (0, 1]")
+    family_size: dict[tuple, int] = {}
+    for u in candidates:
+        family_size[u.kind, u.where] = family_size.get((u.kind, u.where), 0) + 1
+    removed = dict.fromkeys(family_size, 0)
     kind, target = ("macs", target_macs) if target_macs is not None else ("params", target_params)
     measure = _cost_fn(kind, size)
     full = measure(config)
@@ -403,17 +528,46 @@ def select(
     for u in order:
         if current <= budget:
             break
+        family = (u.kind, u.where)
+        if removed[family] + 1 > max_ratio * family_size[family]:
+            continue
         if _remove(plan, config, u, channel_scores):
+            removed[family] += 1
             current = measure(plan_config(config, plan))
     if current > budget:
         raise PruneError(
             f"prune.target_{kind}: {target} cannot be met by removing {kinds} "
-            f"(reached {current / full:.3f}); add unit kinds or raise the target"
+            f"(reached {current / full:.3f}); add unit kinds, raise the target or raise prune.max_ratio"
         )
     return plan
 
 
 # ------------------------------------------------------------------------------------------------ entry point
+# Module outputs that carry a residual stream, by the stream (see ``_streams``): where the feature taps of
+# distillation can compare a width-pruned student with its teacher channel by channel.
+STREAM_OUTPUTS = {
+    "patch_embed": "encoder_level1", "encoder_level0": "encoder_level1", "encoder_level1": "encoder_level1",
+    "down1_2": "encoder_level2", "encoder_level2": "encoder_level2", "down2_3": "encoder_level3",
+    "encoder_level3": "encoder_level3", "down3_4": "latent", "latent": "latent", "up4_3": "up4_3",
+    "reduce_chan_level3": "decoder_level3", "decoder_level3": "decoder_level3", "up3_2": "up3_2",
+    "reduce_chan_level2": "decoder_level2", "decoder_level2": "decoder_level2", "up2_1": "up2_1",
+    "decoder_level1": "decoder_level1", "refinement": "decoder_level1",
+}  # fmt: skip
+
+
+def kept_channels(config: DRSformerConfig, plan: Plan) -> dict[str, list[int]]:
+    """For every module output in ``STREAM_OUTPUTS`` whose width the plan cuts: the teacher channel behind
+    each student channel."""
+    streams, keep = _streams(config), {seg: set(units) for seg, units in plan.widths.items()}
+    kept = {}
+    for path, stream in STREAM_OUTPUTS.items():
+        owners = streams[stream]
+        index = [i for i, (seg, unit) in enumerate(owners) if unit in keep[seg]]
+        if len(index) < len(owners):
+            kept[path] = index
+    return kept
+
+
 @dataclass
 class PruneReport:
     criterion: str
@@ -421,9 +575,10 @@ class PruneReport:
     teacher_config: DRSformerConfig
     student_config: DRSformerConfig
     size: int = 256
+    kept_channels: dict[str, list[int]] = field(default_factory=dict)  # see ``kept_channels()``
 
     def rows(self) -> list[dict]:
-        """Per stage: blocks, heads, head width, MSFN width and MACs, teacher -> student."""
+        """Per stage: residual width, blocks, heads, head width, MSFN width and MACs, teacher -> student."""
         from compress.measure import macs_by_part
 
         before, after = (macs_by_part(c, self.size, self.size) for c in (self.teacher_config, self.student_config))
@@ -436,6 +591,7 @@ class PruneReport:
             rows.append(
                 {
                     "part": stage,
+                    "width": f"{t.width} -> {s.width}",
                     "blocks": f"{len(t.blocks)} -> {len(s.blocks)}",
                     "heads": f"{fmt(t, 'heads')} -> {fmt(s, 'heads')}",
                     "head_dim": f"{fmt(t, 'head_dim')} -> {fmt(s, 'head_dim')}",
@@ -452,6 +608,7 @@ class PruneReport:
                 rows.append(
                     {
                         "part": f"{site} (MEFC)",
+                        "width": "",
                         "blocks": f"{t.steps} -> {s.steps} steps",
                         "heads": f"experts per step {'/'.join(str(len(o)) for o in t.ops)} -> {ops}",
                         "head_dim": "",
@@ -485,16 +642,21 @@ def prune(
     target_macs: float | None = None,
     target_params: float | None = None,
     calibration: list[tuple[torch.Tensor, torch.Tensor]] = (),
+    max_ratio: float = 1.0,
 ) -> tuple[DRSformer, PruneReport]:
     """A smaller ``DRSformer(config)`` derived from ``model`` and the report of what went where.
 
     ``ratios`` (per unit kind, the share removed in every block/MEFC), ``target_macs`` (keep at most this
-    share of the MACs at 256x256, global ranking) or ``target_params`` (the same on parameters).
+    share of the MACs at 256x256, global ranking) or ``target_params`` (the same on parameters); with a
+    global target, ``max_ratio`` caps the share removed from any one family of units.
     """
     if not units:
         raise PruneError("prune.units: empty; choose from " + ", ".join(UNITS))
     scores = weight_scores(model, criterion, calibration)
     ranked, channel_scores = rank_units(model, scores)
-    plan = select(model.config, ranked, channel_scores, list(units), ratios, target_macs, target_params)
+    plan = select(model.config, ranked, channel_scores, list(units), ratios, target_macs, target_params,
+                  max_ratio=max_ratio)  # fmt: skip
     student = slice_model(model, plan)
-    return student, PruneReport(criterion, list(units), model.config, student.config)
+    report = PruneReport(criterion, list(units), model.config, student.config)
+    report.kept_channels = kept_channels(model.config, plan)
+    return student, report

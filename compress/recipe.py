@@ -138,6 +138,9 @@ class PruneConfig(Strict):
         "experts",
     ]
     ratios: dict[str, float] = {}  # per-unit ratio, instead of a global target
+    # global target only: remove at most this share of any one family (a stream's width, a block's heads or
+    # MSFN pairs, a MEFC step's experts, a stage's blocks); 1.0 = no cap
+    max_ratio: float = Field(1.0, gt=0, le=1)
     calibration_batches: int = Field(4, ge=1)
     calibration_batch_size: int = Field(4, ge=1)
 
@@ -146,6 +149,10 @@ class PruneConfig(Strict):
         targets = sum(x is not None for x in (self.target_macs, self.target_params)) + bool(self.ratios)
         if targets != 1:
             raise ValueError("give exactly one of ratios, target_macs and target_params")
+        if self.ratios and self.max_ratio < 1:
+            raise ValueError(
+                "max_ratio caps a global target (target_macs or target_params); with ratios, lower the ratios"
+            )
         for unit, ratio in self.ratios.items():
             if not 0 <= ratio < 1:
                 raise ValueError(f"ratios.{unit}: {ratio} is outside [0, 1)")

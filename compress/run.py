@@ -64,7 +64,8 @@ def student_of(recipe: Recipe, teacher: DRSformer | None, console: Console):
     p = recipe.prune
     batches = calibration(recipe, p.calibration_batches, p.calibration_batch_size) if p.criterion == "taylor" else []
     started = time.perf_counter()
-    student, report = prune(teacher, p.units, p.criterion, p.ratios or None, p.target_macs, p.target_params, batches)
+    student, report = prune(teacher, p.units, p.criterion, p.ratios or None, p.target_macs, p.target_params, batches,
+                            p.max_ratio)  # fmt: skip
     console.print(report.table())
     console.print(f"pruned in {time.perf_counter() - started:.1f} s")
     if recipe.student_init == "random":
@@ -96,7 +97,8 @@ def train(
     distiller = None
     if recipe.distill is not None or recipe.lora is not None:
         distill = recipe.distill or DistillConfig(output_weight=0.0)  # LoRA alone: ground truth only
-        distiller = Distiller(teacher, student, distill, accelerator.device)
+        kept = None if report is None else report.kept_channels
+        distiller = Distiller(teacher, student, distill, accelerator.device, kept)
     if recipe.lora is not None:
         student = add_lora(student, recipe.lora)
     summary = fit_recipe(student, recipe, accelerator, distiller=distiller, resume=resume)

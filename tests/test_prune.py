@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from compress.measure import count_macs, count_params, count_params_config
-from compress.prune import UNITS, PruneError, prune
+from compress.prune import UNITS, PruneError, full_plan, prune, slice_model
 from drsformer import DRSformer, DRSformerConfig
 from drsformer.config import BlockConfig, LevelConfig, MEFCConfig
 
@@ -137,3 +137,103 @@ def test_bad_requests_are_clear_errors():
         prune(teacher, ["ffn"], target_macs=0.5, target_params=0.5)
     with pytest.raises(PruneError, match="criterion"):
         prune(teacher, ["ffn"], "l3", target_macs=0.5)
+    with pytest.raises(PruneError, match=r"max_ratio: 0.0 is outside \(0, 1\]"):
+        prune(teacher, ["ffn"], target_macs=0.5, max_ratio=0.0)
+    with pytest.raises(PruneError, match="raise prune.max_ratio"):
+        prune(teacher, ["width"], target_macs=0.5, max_ratio=0.25)
+
+
+def test_max_ratio_caps_every_family_of_a_global_budget():
+    teacher = model_of(DRSformerConfig.preset("tiny"))
+    free, _ = prune(teacher, ["width", "experts"], target_macs=0.5)
+    capped, _ = prune(teacher, ["width", "experts"], target_macs=0.5, max_ratio=0.5)
+    assert free.config.levels[0].width == 2  # uncapped, the per-MAC ranking empties the full-resolution stream
+    assert capped.config.levels[0].width >= 4 and min(len(o) for o in capped.config.refinement_mefc.ops) >= 4
+    assert count_macs(capped.config) <= 0.5 * count_macs(teacher.config)
+
+
+def _norm_over(kept: list[int]):
+    """A LayerNorm forward that normalises over the ``kept`` channels only and outputs 0 elsewhere."""
+
+    def forward(self, x):
+        y = torch.zeros_like(x)
+        part = x[:, kept].permute(0, 2, 3, 1)
+        normed = torch.nn.functional.layer_norm(part, part.shape[-1:], self.body.weight[kept], self.body.bias[kept])
+        y[:, kept] = normed.permute(0, 3, 1, 2)
+        return y
+
+    return forward
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_zeroed_residual_channels_prune_exactly(bias):
+    """Width pruning, checked against the teacher with the removed channels zeroed by hand (every writer of
+    each stream listed below, independently of prune.py) and LayerNorms that see only the kept channels."""
+    teacher = model_of(even_config(bias))
+    removed = {"encoder_level1": [1, 6], "encoder_level2": [1], "latent": [0], "up4_3": [2], "decoder_level3": [5],
+               "decoder_level2": [0, 3], "up2_1": [1]}  # fmt: skip
+    # stream channels: unshuffled streams lose a group of 4; decoder_level1 = cat[up2_1 (4), encoder_level1 (8)]
+    channels = {seg: [c for u in units for c in range(4 * u, 4 * u + 4)] if seg in ("encoder_level2", "latent")
+                else units for seg, units in removed.items()}  # fmt: skip
+    channels["decoder_level1"] = channels["up2_1"] + [4 + c for c in channels["encoder_level1"]]
+
+    def zero_rows(module, rows):
+        for name in ("weight", "bias"):
+            if getattr(module, name, None) is not None:
+                zero_(getattr(module, name), rows)
+
+    def zero_mefc(mefc, rows):
+        steps = mefc.layers[1]
+        zero_rows(steps.preprocess.op[0], rows)
+        for step in steps._ops:
+            zero_rows(step._out[0], rows)
+            for layer in step._ops.modules():
+                if isinstance(layer, torch.nn.Conv2d) and layer.groups == 1:  # the experts' 1x1 convs
+                    zero_rows(layer, rows)
+
+    with torch.no_grad():
+        zero_rows(teacher.patch_embed.proj, channels["encoder_level1"])
+        zero_mefc(teacher.encoder_level0, channels["encoder_level1"])
+        zero_mefc(teacher.refinement, channels["decoder_level1"])
+        zero_rows(teacher.down1_2.body[0], removed["encoder_level2"])  # conv row g -> channels 4g..4g+3
+        zero_rows(teacher.down3_4.body[0], removed["latent"])
+        zero_rows(teacher.up4_3.body[0], [4 * c + t for c in removed["up4_3"] for t in range(4)])  # PixelShuffle
+        zero_rows(teacher.up2_1.body[0], [4 * c + t for c in removed["up2_1"] for t in range(4)])
+        zero_rows(teacher.reduce_chan_level3, channels["decoder_level3"])
+        zero_rows(teacher.reduce_chan_level2, channels["decoder_level2"])
+        for stage, rows in channels.items():
+            if stage.startswith("up"):
+                continue
+            for block in getattr(teacher, stage):
+                zero_rows(block.attn.project_out, rows)
+                zero_rows(block.ffn.project_out, rows)
+                for norm in (block.norm1, block.norm2):
+                    width = norm.body.weight.shape[0]
+                    kept = [c for c in range(width) if c not in rows]
+                    norm.forward = _norm_over(kept).__get__(norm)
+
+    plan = full_plan(teacher.config)
+    for seg, units in removed.items():
+        plan.widths[seg] = [u for u in plan.widths[seg] if u not in units]
+    student = slice_model(teacher, plan)
+    widths = [level.width for level in student.config.levels]
+    assert widths == [6, 4, 8, 4, 7, 6, 9] and student.config.up_widths == (3, 4, 3)
+    assert count_params(student) == count_params_config(student.config)
+    assert same_output(teacher, student) < 1e-12
+    # the real LayerNorm changes the output (the documented approximation), but only a little here
+    assert same_output(model_of(even_config(bias)), student) > 1e-6
+
+
+def test_width_budget_prunes_every_stream_and_round_trips(tmp_path):
+    teacher = model_of(DRSformerConfig.preset("tiny"))
+    student, report = prune(teacher, ["width"], ratios={"width": 0.5})
+    assert [level.width for level in student.config.levels] == [4, 8, 16, 32, 16, 8, 8]
+    assert student.config.up_widths == (16, 8, 4)
+    assert [row["width"] for row in report.rows()][:2] == ["8 -> 4", "16 -> 8"]
+    student, _ = prune(teacher, ["width", "ffn", "experts"], "taylor", target_macs=0.5,
+                       calibration=[(torch.rand(1, 3, 32, 32, dtype=torch.float64),) * 2])  # fmt: skip
+    assert count_macs(student.config) <= 0.5 * count_macs(teacher.config)
+    student.save_pretrained(tmp_path)
+    again = DRSformer.from_pretrained(tmp_path).double()
+    x = torch.rand(1, 3, 20, 28, dtype=torch.float64)
+    assert torch.equal(again(x), student.double()(x)) and torch.isfinite(again(x)).all()

@@ -48,6 +48,9 @@ def test_recipe_errors_name_file_and_path(tmp_path):
         load_recipe(path, ["data.heaviness=[0.8, 0.2]"])
     with pytest.raises(RecipeError, match="prune/distill/lora need a teacher"):
         load_recipe(path, ["distill={}"])
+    prune50 = ROOT / "recipes" / "prune50_width.yaml"
+    with pytest.raises(RecipeError, match=r"prune50_width.yaml.*\n  prune: Value error, max_ratio caps a global"):
+        load_recipe(prune50, ["prune.max_ratio=0.5"])
     with pytest.raises(RecipeError, match="missing.yaml: recipe file not found"):
         load_recipe(tmp_path / "missing.yaml")
     (tmp_path / "bad.yaml").write_text("train: [1, 2")
