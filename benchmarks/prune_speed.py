@@ -12,7 +12,8 @@
 3. Times one 1x3x``size``x``size`` forward (fp32, eval, median of ``--repeats`` after a warm-up) of the
    teacher and each student, side by side in this process.
 Writes ``results/bench/prune_speed_<preset>.json`` (``..._<units>.json`` for other units) atomically.
-Random weights: pruning cost and latency do not depend on training, and the ranking here is only a valid one, not a meaningful one.
+Random weights: pruning cost and latency do not depend on training, and the ranking here is only a valid
+one, not a meaningful one.
 """
 
 from __future__ import annotations
