@@ -3,11 +3,11 @@
     python -m benchmarks.unit_sensitivity results/teacher_tiny --limit 10
 
 For every unit set below and every budget in ``--budgets`` (share of the teacher's MACs kept), prunes the
-trained teacher (L1, global ranking, ``--max-ratio`` cap; 1.0 = none, as the recipes) and scores the student as it comes out of pruning
-on the first ``--limit`` images of Rain100L and Rain100H; the uniform width ratio is scored once at the
-MACs it lands on. A unit set that cannot reach a budget is recorded with the error, not skipped silently.
-The drop before any training is the usual sensitivity measure; the trained recipes (``prune50_*``) say how
-much of it training recovers. Writes ``results/bench/unit_sensitivity.json`` atomically.
+trained teacher (L1, global ranking, ``--max-ratio`` cap; 1.0 = none, as the recipes) and scores the
+student as it comes out of pruning on the first ``--limit`` images of Rain100L and Rain100H; the uniform
+width ratio is scored once at the MACs it lands on. A unit set that cannot reach a budget is recorded with
+the error, not skipped silently. The drop before any training is the usual sensitivity measure; the trained
+recipes (``prune50_*``) say how much of it training recovers. Writes ``results/bench/unit_sensitivity.json`` atomically.
 """
 
 from __future__ import annotations

@@ -116,17 +116,26 @@ def test_records_make_a_summary_and_pareto_plots(tmp_path):
     assert pareto_front([(1, 30), (2, 29), (2, 31), (3, 31), (0.5, 20)]) == [4, 0, 2]
     runs = tmp_path / "runs"
     runs.mkdir()
-    for stem, role, gmacs, psnr in (("teacher_x", "teacher", 5.0, 33.0), ("a", "student", 2.5, 32.5),
-                                    ("b", "student", 2.4, 31.0), ("c", "student", 3.0, 32.0)):  # fmt: skip
-        record = {"stem": stem, "role": role, "recipe": {"seed": 100}, "params_m": gmacs / 10, "gmacs_256": gmacs,
-                  "latency_ms": gmacs * 100, "train": {"steps": 10}, "scale": "test",
-                  "sets": {"rain100L": {"psnr_y_db": psnr, "ssim_y": 0.9}}}  # fmt: skip
+    for stem, role, gmacs, psnr, seed in (("teacher_x", "teacher", 5.0, 33.0, 100), ("a", "student", 2.5, 32.5, 100),
+                                          ("a_seed101", "student", 2.5, 32.0, 101), ("b", "student", 2.4, 31.0, 100),
+                                          ("c", "student", 3.0, 32.0, 100)):  # fmt: skip
+        record = {"stem": stem, "role": role, "recipe": {"seed": seed, "name": stem.split("_seed")[0]},
+                  "params_m": gmacs / 10, "gmacs_256": gmacs, "latency_ms": gmacs * 100, "train": {"steps": 10},
+                  "scale": "test", "sets": {"rain100L": {"psnr_y_db": psnr, "ssim_y": 0.9}}}  # fmt: skip
         (runs / f"{stem}.json").write_text(json.dumps(record))
     written = regenerate(tmp_path)
     names = {p.name for p in written}
     assert {"summary.md", "pareto_gmacs_256_rain100L.png", "pareto_latency_ms_rain100L.png"} <= names
     table = (tmp_path / "summary.md").read_text()
     assert table.index("teacher_x") < table.index("| a |") and "32.50 / 0.9000" in table
+    assert "| a | 100,101 | 2.500 | 250 | 32.25 [32.00, 32.50] |" in table  # mean over the two seeds
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "bench" / "study_latency.json").write_text(json.dumps(
+        {"command": "python -m benchmarks.study_latency", "machine": "test", "latency_ms": {"a": 7.0, "a_seed101": 9.0}}
+    ))  # fmt: skip
+    regenerate(tmp_path)
+    table = (tmp_path / "summary.md").read_text()
+    assert "| a | 100,101 | 2.500 | 8 |" in table and "latency: side by side" in table
     (runs / "broken.json").write_text("{")
     with pytest.raises(ValueError, match="broken.json: not a valid run record"):
         regenerate(tmp_path)
