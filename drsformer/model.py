@@ -11,11 +11,12 @@ Forward differences from the official code, each exact up to float rounding:
 - TKSA takes one sorted top-k (the largest k of the four ratios). The top-k of every smaller ratio is a
   prefix of it, so the four masked softmaxes become prefix sums of the same exponentials, and the
   learned mix ``attn1..attn4`` of the four branch outputs becomes one matrix applied to ``v`` once.
-- MSFN runs its grouped second-stage convs (two inputs per output) as depthwise convs plus a pair
-  sum when gradients are needed, and never concatenates their outputs: ``project_out`` is applied as
-  two 1x1 convs on the halves.
-- MEFC folds the per-sample routing weights into the weight of the step's output 1x1 conv instead of
-  scaling eight expert outputs.
+- MSFN runs its grouped second-stage convs (two inputs per output) as depthwise convs on the two
+  branch halves plus a sum of neighbouring channels, and never concatenates anything: ``project_out``
+  is applied as 1x1 convs on the pieces.
+- MEFC folds the per-sample routing weights, and the last 1x1 conv of every expert operation (linear,
+  no activation after it), into the weight of the step's output 1x1 conv instead of running seven 1x1
+  convs over the image and scaling eight expert outputs.
 - Every depthwise conv has a hand-written backward (``_DepthwiseConv``): oneDNN's CPU depthwise
   backward is several times slower than the forward.
 """
@@ -201,27 +202,45 @@ class FeedForward(nn.Module):
         x = self.project_in(x)
         y3 = F.relu(depthwise(x, self.dwconv3x3), inplace=True)
         y5 = F.relu(depthwise(x, self.dwconv5x5), inplace=True)
-        x1 = F.relu(_pair_conv(torch.cat([y3[:, :h], y5[:, :h]], 1), self.dwconv3x3_1), inplace=True)
-        x2 = F.relu(_pair_conv(torch.cat([y3[:, h:], y5[:, h:]], 1), self.dwconv5x5_1), inplace=True)
-        # project_out(cat[x1, x2]) as two 1x1 convs on the halves: no copy of 2h channels.
-        w = self.project_out.weight
-        return F.conv2d(x1, w[:, :h], self.project_out.bias) + F.conv2d(x2, w[:, h:])
+        # project_out(cat[x1, x2]) as 1x1 convs on the pieces: no concatenation anywhere.
+        w, bias = self.project_out.weight, self.project_out.bias
+        out = _pair_branch(y3[:, :h], y5[:, :h], self.dwconv3x3_1, w[:, :h])
+        out = out + _pair_branch(y3[:, h:], y5[:, h:], self.dwconv5x5_1, w[:, h:])
+        return out if bias is None else out + bias[:, None, None]
 
 
-def _pair_conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
-    """``conv(x)`` for a grouped conv with two input channels per group, as a depthwise conv + pair sum.
+def _pair_branch(a: torch.Tensor, b: torch.Tensor, conv: nn.Conv2d, w_out: torch.Tensor) -> torch.Tensor:
+    """``conv2d(relu(conv(cat[a, b])), w_out)`` for MSFN's grouped conv with two inputs per group, without
+    the concatenation and without the grouped kernel.
 
-    Output j = conv(x[2j], w[j, 0]) + conv(x[2j + 1], w[j, 1]): the depthwise form is the same sum. On
-    CPU it runs forward + backward 1.3-2.7x faster than the 2-in/1-out grouped conv (with the depthwise
-    backward above), but the forward alone is not faster once the pair sum is paid for (3x3 at 256x256:
-    150 ms against 104 ms; whole-model inference with it: 1.05x against the literal forward, without
-    it 1.13x), so without autograd the grouped kernel stays.
+    Output j of ``conv`` is conv(cat[2j], w[j, 0]) + conv(cat[2j + 1], w[j, 1]): a depthwise conv of ``a``
+    and of ``b`` with the flattened kernels, then the sum of neighbouring channels. With an odd width h
+    (the official 127, 255, 1021) the middle output pairs the last channel of ``a`` with the first of
+    ``b``. Each piece goes through its own columns of ``w_out``. Measured on this CPU (1 thread): a 5x5
+    grouped conv over 510 channels at 128x128 takes 111 ms, its depthwise form 47 ms with the pair sum;
+    the whole MSFN at (96, 255, 128x128) 446 -> 363 ms. In training the depthwise convs use the
+    hand-written backward above.
     """
-    out_ch, _, kh, kw = conv.weight.shape
-    if not _records_grad(x, conv.weight):
-        return conv(x)
-    y = depthwise(x, conv, conv.weight.reshape(2 * out_ch, 1, kh, kw)).unflatten(1, (out_ch, 2)).sum(2)
-    return y if conv.bias is None else y + conv.bias[:, None, None]
+    h = a.shape[1]
+    kh, kw = conv.weight.shape[-2:]
+    flat = conv.weight.reshape(2 * h, 1, kh, kw)
+    za, zb = depthwise(a, conv, flat[:h]), depthwise(b, conv, flat[h:])
+    pairs_a, odd = h // 2, h % 2
+    pieces = []  # (pre-activation of outputs lo..hi-1, lo, hi)
+    if pairs_a:
+        pieces.append((za[:, 0 : 2 * pairs_a : 2] + za[:, 1 : 2 * pairs_a : 2], 0, pairs_a))
+    if odd:
+        pieces.append((za[:, h - 1 :] + zb[:, :1], pairs_a, pairs_a + 1))
+    pairs_b = (h - odd) // 2
+    if pairs_b:
+        pieces.append((zb[:, odd : odd + 2 * pairs_b : 2] + zb[:, odd + 1 : odd + 2 * pairs_b : 2], h - pairs_b, h))
+    out = None
+    for pre, lo, hi in pieces:
+        if conv.bias is not None:
+            pre = pre + conv.bias[lo:hi, None, None]
+        y = F.conv2d(F.relu(pre, inplace=True), w_out[:, lo:hi])
+        out = y if out is None else out + y
+    return out
 
 
 class TransformerBlock(nn.Module):
@@ -262,13 +281,20 @@ class ExpertOp(nn.Module):
         else:
             self.op = nn.AvgPool2d(kernel, stride=1, padding=kernel // 2, count_include_pad=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(the op's output before its last 1x1 conv, that conv's (c, c) matrix), or (output, None) for
+        the pooling op: the last 1x1 conv is linear, so the step folds it into its output conv."""
         if isinstance(self.op, nn.AvgPool2d):
-            return self.op(x)
-        for layer in self.op:
+            return self.op(x), None
+        *layers, last = self.op
+        for layer in layers:
             is_depthwise = isinstance(layer, nn.Conv2d) and layer.groups > 1
             x = depthwise(x, layer) if is_depthwise else layer(x)
-        return x
+        return x, last.weight[:, :, 0, 0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y, matrix = self.features(x)
+        return y if matrix is None else F.conv2d(y, matrix[:, :, None, None])
 
 
 class ExpertStep(nn.Module):
@@ -284,10 +310,14 @@ class ExpertStep(nn.Module):
         """x (b, c, h, w); weights (b, 8): softmax routing weights over all eight operations."""
         b, c, h, w = x.shape
         n = len(self.op_index)
-        experts = torch.cat([op(x) for op in self._ops.values()], 1)  # (b, n*c, h, w)
+        features, matrices = zip(*(op.features(x) for op in self._ops.values()))
+        # out = W @ cat[w_j * P_j e_j], P_j the op's last 1x1 conv: fold P_j into W's column block j (one
+        # c x c product instead of a 1x1 conv over the image), and the per-sample routing weights w_j too.
+        blocks = self._out[0].weight.reshape(c, n, c)
+        blocks = torch.stack([blocks[:, k] if m is None else blocks[:, k] @ m for k, m in enumerate(matrices)], 1)
         kept = weights[:, list(self.op_index)]  # (b, n)
-        # out = W @ cat[w_j * e_j] = (W scaled per sample) @ cat[e_j]; per-sample weights via groups=b.
-        weight = self._out[0].weight.reshape(1, c, n, c) * kept.reshape(b, 1, n, 1)
+        weight = blocks.reshape(1, c, n, c) * kept.reshape(b, 1, n, 1)
+        experts = torch.cat(features, 1)  # (b, n*c, h, w)
         out = F.conv2d(experts.reshape(1, b * n * c, h, w), weight.reshape(b * c, n * c, 1, 1), groups=b)
         return F.relu(out.reshape(b, c, h, w), inplace=True)
 
