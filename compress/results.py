@@ -21,11 +21,17 @@ PACKAGES = ("torch", "torch-pruning", "accelerate", "datasets", "peft", "pyiqa",
 
 
 def git_state() -> dict:
-    """Commit and dirty flag of the working tree (``unknown`` outside a git checkout)."""
+    """Commit and dirty flag of the working tree (``unknown`` outside a git checkout).
+
+    Dirty means a tracked source file differs from the commit; ``results/`` is left out, since every run
+    regenerates the tracked summary and plots there (otherwise the second run of a study would count as
+    dirty because of the first one's plots).
+    """
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                                text=True, check=True).stdout  # fmt: skip
+        sources = ["--", ":/", ":(top,exclude)results"]
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", *sources],
+                                capture_output=True, text=True, check=True).stdout  # fmt: skip
     except (OSError, subprocess.CalledProcessError):
         return {"commit": "unknown", "dirty": True}
     return {"commit": commit, "dirty": bool(status.strip())}

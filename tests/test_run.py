@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from compress.measure import count_macs
 from compress.plots import regenerate
 from compress.prune import prune
 from compress.recipe import DistillConfig, LoraConfig, load_recipe
-from compress.results import pareto_front
+from compress.results import git_state, pareto_front
 from drsformer import DRSformer, DRSformerConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -140,3 +141,20 @@ def test_records_make_a_summary_and_pareto_plots(tmp_path):
     with pytest.raises(ValueError, match="broken.json: not a valid run record"):
         regenerate(tmp_path)
     shutil.rmtree(runs)
+
+
+def test_regenerated_results_do_not_make_the_tree_dirty(tmp_path, monkeypatch):
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "results").mkdir()
+    (tmp_path / "code.py").write_text("x = 1\n")
+    (tmp_path / "results" / "summary.md").write_text("old\n")
+    git("add", "-A")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    monkeypatch.chdir(tmp_path / "results")  # from a subfolder too
+    (tmp_path / "results" / "summary.md").write_text("regenerated\n")
+    assert git_state()["dirty"] is False
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert git_state()["dirty"] is True
