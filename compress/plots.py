@@ -82,7 +82,7 @@ def summary_markdown(records: list[dict], latency_note: str | None = None) -> st
             row = r["sets"].get(s)
             cells.append(f"{row['niqe']:.3f} / {row['brisque']:.2f}" if row else "-")
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "Mean over seeds per recipe (PSNR range over seeds in brackets):", ""]
+    lines += ["", "Mean over seeds per recipe (with two or more seeds, the PSNR range over seeds in brackets):", ""]
     head = ["recipe", "seeds", "GMACs@256", "latency (ms)"] + [f"{s} PSNR" for s in sets]
     head += [f"{s} NIQE/BRISQUE" for s in real]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -91,7 +91,8 @@ def summary_markdown(records: list[dict], latency_note: str | None = None) -> st
         for s in sets:
             row = g["sets"].get(s, {})
             low, high = row.get("psnr_range", (0, 0))
-            cells.append(f"{row['psnr_y_db']:.2f} [{low:.2f}, {high:.2f}]" if "psnr_y_db" in row else "-")
+            spread = f" [{low:.2f}, {high:.2f}]" if len(g["seeds"]) > 1 else ""
+            cells.append(f"{row['psnr_y_db']:.2f}{spread}" if "psnr_y_db" in row else "-")
         for s in real:
             row = g["sets"].get(s, {})
             cells.append(f"{row['niqe']:.3f} / {row['brisque']:.2f}" if "niqe" in row else "-")
