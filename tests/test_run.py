@@ -158,3 +158,20 @@ def test_regenerated_results_do_not_make_the_tree_dirty(tmp_path, monkeypatch):
     assert git_state()["dirty"] is False
     (tmp_path / "code.py").write_text("x = 2\n")
     assert git_state()["dirty"] is True
+
+
+def test_a_missing_teacher_is_trained_from_its_recipe_first(tmp_path):
+    teacher_recipe = tmp_path / "teacher_small.yaml"
+    teacher_recipe.write_text(
+        'model: {preset: "tiny"}\ndata: {patch_size: 32, val_size: 32, val_sets: {}}\n'
+        "train: {steps: 2, batch_size: 2, eval_every: 2, save_every: 2, log_every: 1}\n"
+        f'out_dir: "{tmp_path / "runs"}"\n'
+    )
+    overrides = TINY_SCALE + [f"out_dir={tmp_path / 'runs'}", f"teacher.recipe={teacher_recipe}"]
+    recipe = ROOT / "recipes" / "prune50_distill.yaml"
+    run.main([str(recipe), "--scratch", "--results", str(tmp_path / "results"), *sum([["--set", o] for o in overrides], [])])
+    teacher = DRSformer.from_pretrained(tmp_path / "runs" / "teacher_small" / "final")
+    assert teacher.config == DRSformerConfig.preset("tiny")
+    assert json.loads((tmp_path / "runs" / "teacher_small" / "summary.json").read_text())["steps"] == 2
+    record = json.loads((tmp_path / "results" / "scratch" / "prune50_distill.json").read_text())
+    assert record["status"] == "ok" and record["gmacs_256"] <= 0.5 * count_macs(teacher.config) / 1e9 + 1e-9
