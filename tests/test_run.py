@@ -169,7 +169,8 @@ def test_a_missing_teacher_is_trained_from_its_recipe_first(tmp_path):
     )
     overrides = TINY_SCALE + [f"out_dir={tmp_path / 'runs'}", f"teacher.recipe={teacher_recipe}"]
     recipe = ROOT / "recipes" / "prune50_distill.yaml"
-    run.main([str(recipe), "--scratch", "--results", str(tmp_path / "results"), *sum([["--set", o] for o in overrides], [])])
+    args = [str(recipe), "--scratch", "--results", str(tmp_path / "results")]
+    run.main(args + sum([["--set", o] for o in overrides], []))
     teacher = DRSformer.from_pretrained(tmp_path / "runs" / "teacher_small" / "final")
     assert teacher.config == DRSformerConfig.preset("tiny")
     assert json.loads((tmp_path / "runs" / "teacher_small" / "summary.json").read_text())["steps"] == 2
