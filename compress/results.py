@@ -20,17 +20,21 @@ RESULTS = Path("results")
 PACKAGES = ("torch", "torch-pruning", "accelerate", "datasets", "peft", "pyiqa", "rich", "pydantic")
 
 
-def git_state() -> dict:
-    """Commit and dirty flag of the working tree (``unknown`` outside a git checkout).
+def git_state(repo: Path | None = None) -> dict:
+    """Commit and dirty flag of the checkout that holds the running code (``unknown`` outside git).
 
+    ``repo`` defaults to the checkout this package was imported from, not the working directory: with an
+    editable install, a run started in another checkout of the project still runs this one's code.
     Dirty means a tracked source file differs from the commit; ``results/`` is left out, since every run
     regenerates the tracked summary and plots there (otherwise the second run of a study would count as
     dirty because of the first one's plots).
     """
+    repo = Path(__file__).resolve().parents[1] if repo is None else repo
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
+                                check=True).stdout.strip()  # fmt: skip
         sources = ["--", ":/", ":(top,exclude)results"]
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", *sources],
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", *sources], cwd=repo,
                                 capture_output=True, text=True, check=True).stdout  # fmt: skip
     except (OSError, subprocess.CalledProcessError):
         return {"commit": "unknown", "dirty": True}

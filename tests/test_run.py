@@ -153,11 +153,13 @@ def test_regenerated_results_do_not_make_the_tree_dirty(tmp_path, monkeypatch):
     (tmp_path / "results" / "summary.md").write_text("old\n")
     git("add", "-A")
     git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
-    monkeypatch.chdir(tmp_path / "results")  # from a subfolder too
     (tmp_path / "results" / "summary.md").write_text("regenerated\n")
-    assert git_state()["dirty"] is False
+    assert git_state(tmp_path / "results")["dirty"] is False  # from a subfolder too
     (tmp_path / "code.py").write_text("x = 2\n")
-    assert git_state()["dirty"] is True
+    assert git_state(tmp_path)["dirty"] is True
+    monkeypatch.chdir(tmp_path)  # by default: the checkout of the running code, wherever the run starts
+    assert git_state()["commit"] == subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
+                                                   text=True).stdout.strip()  # fmt: skip
 
 
 def test_a_missing_teacher_is_trained_from_its_recipe_first(tmp_path):
