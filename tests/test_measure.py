@@ -8,6 +8,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from compress.measure import count_macs, count_params, macs_by_part
 from drsformer import DRSformer, DRSformerConfig, topk_counts
+from drsformer.config import EXPERT_OPS
 from tests.literal_drsformer import LiteralDRSformer
 from tests.test_model import nonuniform_config
 
@@ -42,7 +43,7 @@ def test_analytic_macs_equal_flop_counter_on_literal_forward(kwargs):
 
 
 def test_analytic_macs_on_nonuniform_student():
-    """On a pruned-style config, against the fast forward's trace (which does 2 attention matmuls, not 5)."""
+    """On a pruned-style config, against the fast forward's trace (2 attention matmuls, not 5; folded MEFC)."""
     cfg = nonuniform_config()
     h, w = 40, 32
     pixels = {
@@ -60,6 +61,12 @@ def test_analytic_macs_on_nonuniform_student():
             # the fast TKSA: 3 fewer (c x c) @ (c x hw) products, plus the (c x 4) @ (4 x kmax) mixing matmul
             mixing = b.heads * b.head_dim * 4 * topk_counts(b.head_dim)[-1]
             correction += 3 * b.heads * b.head_dim**2 * pixels[name] - mixing
+    # the fast MEFC folds each expert's last 1x1 conv (c x c over the image) into the step's output conv: one
+    # (c x c) @ (c x c) product instead (the pooling op has no 1x1 conv)
+    for mefc, c in ((cfg.encoder_mefc, cfg.levels[0].width), (cfg.refinement_mefc, cfg.levels[-1].width)):
+        for ops in mefc.ops if mefc is not None else ():
+            folded = sum(EXPERT_OPS[j][0] != "avg" for j in ops)
+            correction += folded * (c * c * h * w - c**3)
     assert count_macs(cfg, h, w) - correction == traced_macs(DRSformer(cfg), torch.rand(1, 3, h, w))
 
 
