@@ -85,24 +85,21 @@ class Distiller:
         if feature_paths:
             widths = _tap_widths(self.teacher, student, feature_paths)
             for path, (t_width, s_width) in widths.items():
-                kept = _kept_at(kept_channels or {}, path)
-                if t_width != s_width:
-                    if kept is None or len(kept) != s_width:
-                        if cfg.adapters == "kept_channels":
-                            raise ValueError(f"distill.adapters kept_channels: tap {path} has {s_width} student and "
-                                             f"{t_width} teacher channels and no record of which teacher channels "
-                                             "the student kept; use conv1x1")  # fmt: skip
-                        kept = None
-                    else:
-                        self.kept[path] = kept
+                kept = _kept_at(kept_channels or {}, path) if t_width != s_width else None
+                if kept is not None and len(kept) == s_width:
+                    self.kept[path] = kept
+                elif t_width != s_width and cfg.adapters == "kept_channels":
+                    raise ValueError(f"distill.adapters kept_channels: tap {path} has {s_width} student and "
+                                     f"{t_width} teacher channels and no record of which teacher channels "
+                                     "the student kept; use conv1x1")  # fmt: skip
                 if cfg.adapters == "kept_channels":
                     continue
                 adapter = nn.Conv2d(s_width, t_width, 1, bias=False)
                 if s_width == t_width:
                     nn.init.dirac_(adapter.weight)  # start as the identity
-                elif kept is not None:
+                elif path in self.kept:
                     with torch.no_grad():
-                        adapter.weight.zero_()[kept, range(s_width)] = 1.0  # embed each kept channel
+                        adapter.weight.zero_()[self.kept[path], range(s_width)] = 1.0  # embed each kept channel
                 self.adapters[path.replace(".", "__")] = adapter
         self.adapters.to(device)
 

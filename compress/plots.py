@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from statistics import fmean
 
 from compress.results import RESULTS, pareto_front, read_records
 from drsformer.model import atomic_write
@@ -25,10 +26,6 @@ def _psnr(record: dict, test_set: str) -> float | None:
     return record.get("sets", {}).get(test_set, {}).get("psnr_y_db")
 
 
-def _mean(values: list[float]) -> float:
-    return sum(values) / len(values)
-
-
 def group_by_recipe(records: list[dict]) -> list[dict]:
     """One entry per recipe name: its records (seeds), and the mean of every axis and metric over them."""
     groups: dict[str, list[dict]] = {}
@@ -38,12 +35,12 @@ def group_by_recipe(records: list[dict]) -> list[dict]:
     for name, runs in groups.items():
         entry = {"stem": name, "role": runs[0]["role"], "runs": runs, "seeds": [r["recipe"]["seed"] for r in runs]}
         for key, _ in AXES:
-            entry[key] = _mean([r[key] for r in runs])
+            entry[key] = fmean([r[key] for r in runs])
         sets = {}
         for test_set in {s for r in runs for s in r.get("sets", {})}:
             rows = [r["sets"][test_set] for r in runs if test_set in r.get("sets", {})]
             sets[test_set] = {
-                metric: _mean([row[metric] for row in rows]) for metric in ("psnr_y_db", "ssim_y", "niqe", "brisque")
+                metric: fmean([row[metric] for row in rows]) for metric in ("psnr_y_db", "ssim_y", "niqe", "brisque")
                 if all(metric in row for row in rows)
             }  # fmt: skip
             if "psnr_y_db" in sets[test_set]:

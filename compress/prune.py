@@ -28,13 +28,14 @@ the kept channels (tested).
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass, field, replace
 
 import torch
 
 from compress.measure import count_macs, count_params_config
 from drsformer import DRSformer, DRSformerConfig
-from drsformer.config import NUM_EXPERT_OPS, STAGES, BlockConfig, LevelConfig, MEFCConfig
+from drsformer.config import NUM_EXPERT_OPS, STAGES, UPSAMPLERS, BlockConfig, LevelConfig, MEFCConfig
 from drsformer.model import load_strict
 
 UNITS = ("head_channels", "heads", "ffn", "experts", "steps", "blocks", "width")
@@ -79,14 +80,18 @@ class Plan:
 
 
 def _segment_width(config: DRSformerConfig, segment: str) -> int:
-    if segment.startswith("up"):
-        return config.up_widths[("up4_3", "up3_2", "up2_1").index(segment)]
+    if segment in UPSAMPLERS:
+        return config.up_widths[UPSAMPLERS.index(segment)]
     return config.level(segment).width
 
 
+def _unit_channels(segment: str) -> int:
+    """Channels per width unit of a stream: 4 after a PixelUnshuffle (one downsample conv row), else 1."""
+    return 4 if segment in UNSHUFFLED else 1
+
+
 def _segment_units(config: DRSformerConfig, segment: str) -> int:
-    width = _segment_width(config, segment)
-    return width // 4 if segment in UNSHUFFLED else width
+    return _segment_width(config, segment) // _unit_channels(segment)
 
 
 def full_plan(config: DRSformerConfig) -> Plan:
@@ -109,7 +114,7 @@ def _mefcs(config: DRSformerConfig) -> dict[str, MEFCConfig]:
 
 def plan_config(config: DRSformerConfig, plan: Plan) -> DRSformerConfig:
     """The config of the network that ``plan`` keeps."""
-    widths = {seg: len(kept) * (4 if seg in UNSHUFFLED else 1) for seg, kept in plan.widths.items()}
+    widths = {seg: len(kept) * _unit_channels(seg) for seg, kept in plan.widths.items()}
     widths["decoder_level1"] = widths["up2_1"] + widths["encoder_level1"]
     levels = []
     for stage, level in zip(STAGES, config.levels):
@@ -127,7 +132,7 @@ def plan_config(config: DRSformerConfig, plan: Plan) -> DRSformerConfig:
     return replace(
         config,
         levels=tuple(levels),
-        up_widths=tuple(widths[seg] for seg in ("up4_3", "up3_2", "up2_1")),
+        up_widths=tuple(widths[seg] for seg in UPSAMPLERS),
         encoder_mefc=mefc.get("encoder_level0"),
         refinement_mefc=mefc.get("refinement"),
     )
@@ -178,9 +183,9 @@ def slice_model(model: DRSformer, plan: Plan) -> DRSformer:
                 j += 1
     for site, p in plan.mefc.items():
         _slice_mefc(old, new, site, p, _mefcs(model.config)[site])
-    if plan.widths != full_plan(model.config).widths:  # second pass on the other dimensions: residual widths
-        same_widths = replace(plan, widths=full_plan(model.config).widths)
-        new = _slice_widths(new, plan_config(model.config, same_widths), plan.widths)
+    all_widths = full_plan(model.config).widths
+    if plan.widths != all_widths:  # second pass on the other dimensions: residual widths
+        new = _slice_widths(new, plan_config(model.config, replace(plan, widths=all_widths)), plan.widths)
     student = DRSformer(config)
     load_strict(student, new, origin="pruned state")
     return student
@@ -251,15 +256,14 @@ def _streams(config: DRSformerConfig) -> dict[str, list[Owner]]:
     """The owner (stream, unit) of every channel of every stage's residual stream and of every upsampler."""
 
     def channels(seg: str) -> list[Owner]:
-        group = 4 if seg in UNSHUFFLED else 1
-        return [(seg, i // group) for i in range(_segment_width(config, seg))]
+        return [(seg, i // _unit_channels(seg)) for i in range(_segment_width(config, seg))]
 
     streams = {seg: channels(seg) for seg in WIDTH_SEGMENTS}
     streams["decoder_level1"] = streams["up2_1"] + streams["encoder_level1"]
     return streams
 
 
-def _width_owners(key: str, shape: torch.Size, config: DRSformerConfig, streams: dict) -> dict[int, list[Owner]]:
+def _width_owners(key: str, shape: torch.Size, streams: dict) -> dict[int, list[Owner]]:
     """For one state entry, ``{dim: owner of each index}`` along every dimension that carries a residual
     stream (empty when none does). The coupling of every stream lives here and only here."""
     stage, name = key.split(".", 1)
@@ -296,13 +300,18 @@ def _width_owners(key: str, shape: torch.Size, config: DRSformerConfig, streams:
     raise PruneError(f"no width coupling known for state entry {key!r}")
 
 
+def _kept_index(owners: list[Owner], kept: dict[str, set[int]]) -> list[int]:
+    """The indices (of a stream-carrying dimension) whose owning width unit is kept."""
+    return [i for i, (seg, unit) in enumerate(owners) if unit in kept[seg]]
+
+
 def _slice_widths(state: dict, config: DRSformerConfig, kept: dict[str, list[int]]) -> dict:
     """``state`` (of a ``config`` network) with every residual stream cut to its ``kept`` units."""
     streams, keep = _streams(config), {seg: set(units) for seg, units in kept.items()}
     out = {}
     for key, value in state.items():
-        for dim, owners in _width_owners(key, value.shape, config, streams).items():
-            index = [i for i, (seg, unit) in enumerate(owners) if unit in keep[seg]]
+        for dim, owners in _width_owners(key, value.shape, streams).items():
+            index = _kept_index(owners, keep)
             value = value.index_select(dim, torch.tensor(index, dtype=torch.long))
         out[key] = value
     return out
@@ -313,7 +322,7 @@ def _width_units(scores: dict, config: DRSformerConfig) -> list[Unit]:
     streams = _streams(config)
     totals = {(seg, i): 0.0 for seg in WIDTH_SEGMENTS for i in range(_segment_units(config, seg))}
     for key, score in scores.items():
-        for dim, owners in _width_owners(key, score.shape, config, streams).items():
+        for dim, owners in _width_owners(key, score.shape, streams).items():
             per_index = score.sum([d for d in range(score.dim()) if d != dim]) if score.dim() > 1 else score
             for (seg, unit), value in zip(owners, per_index.tolist()):
                 totals[seg, unit] += value
@@ -510,10 +519,8 @@ def select(
         raise PruneError("prune: give ratios, or exactly one of target_macs and target_params")
     if not 0 < max_ratio <= 1:
         raise PruneError(f"prune.max_ratio: {max_ratio} is outside (0, 1]")
-    family_size: dict[tuple, int] = {}
-    for u in candidates:
-        family_size[u.kind, u.where] = family_size.get((u.kind, u.where), 0) + 1
-    removed = dict.fromkeys(family_size, 0)
+    family_size = Counter((u.kind, u.where) for u in candidates)
+    removed: Counter = Counter()
     kind, target = ("macs", target_macs) if target_macs is not None else ("params", target_params)
     measure = _cost_fn(kind, size)
     full = measure(config)
@@ -561,9 +568,8 @@ def kept_channels(config: DRSformerConfig, plan: Plan) -> dict[str, list[int]]:
     streams, keep = _streams(config), {seg: set(units) for seg, units in plan.widths.items()}
     kept = {}
     for path, stream in STREAM_OUTPUTS.items():
-        owners = streams[stream]
-        index = [i for i, (seg, unit) in enumerate(owners) if unit in keep[seg]]
-        if len(index) < len(owners):
+        index = _kept_index(streams[stream], keep)
+        if len(index) < len(streams[stream]):
             kept[path] = index
     return kept
 
