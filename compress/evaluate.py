@@ -6,8 +6,9 @@
 
 ``MODEL`` is a ``save_pretrained`` folder, an official ``.pth`` (with ``--preset``, default ``full``), or
 ``identity`` (the rainy input itself: the input-vs-target figures of a set). Paired sets are scored
-with PSNR/SSIM on Y (``compress.metrics``), real rainy photos with NIQE/BRISQUE. ``--tile`` runs
-overlapping tiles with linear blending for images too large for memory.
+with PSNR/SSIM on Y (``compress.metrics``), real rainy photos with NIQE/BRISQUE. ``--tile`` runs every
+transformer block and MEFC step on tiles for images too large for memory, with the same output as the
+whole image (``drsformer.tiling``).
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from torch import nn
 from compress.data import DataError, PairedImages, image_files, read_image, to_uint8
 from compress.metrics import NoReference, psnr_y, ssim_y
 from drsformer import PRESETS, DRSformer, DRSformerConfig
-from drsformer.model import PAD_MULTIPLE, atomic_write
+from drsformer.model import atomic_write
+from drsformer.tiling import tiled
 
 
 class Identity(nn.Module):
@@ -46,46 +48,12 @@ def load_model(spec: str | Path, preset: str = "full") -> nn.Module:
     raise FileNotFoundError(f"{spec}: neither a save_pretrained folder, an official .pth file, nor 'identity'")
 
 
-def _ramp(n: int, overlap: int, at_start: bool, at_end: bool) -> torch.Tensor:
-    """1-D blending weights of a tile: linear ramps over the overlap, except at the image border."""
-    w = torch.ones(n)
-    if overlap:
-        ramp = torch.linspace(1, overlap, overlap) / (overlap + 1)
-        if not at_start:
-            w[:overlap] = ramp
-        if not at_end:
-            w[-overlap:] = ramp.flip(0)
-    return w
-
-
-def _starts(size: int, tile: int, stride: int) -> list[int]:
-    if size <= tile:
-        return [0]
-    starts = list(range(0, size - tile, stride))
-    return starts + [size - tile]
-
-
 @torch.no_grad()
-def derain(model: nn.Module, rainy: torch.Tensor, tile: int | None = None, overlap: int = 32) -> torch.Tensor:
-    """Derained (B, 3, H, W) in [0, 1]; with ``tile``, overlapping ``tile`` x ``tile`` windows blended linearly."""
-    if tile is None or (rainy.shape[-2] <= tile and rainy.shape[-1] <= tile):
+def derain(model: nn.Module, rainy: torch.Tensor, tile: int | None = None) -> torch.Tensor:
+    """Derained (B, 3, H, W) in [0, 1]; with ``tile``, every block runs on ``tile`` x ``tile`` tiles
+    (``drsformer.tiling``: the same output as the whole image, with less memory)."""
+    with tiled(model, tile):
         return model(rainy).clamp(0, 1)
-    if tile % PAD_MULTIPLE or not 0 <= overlap < tile // 2:
-        raise ValueError(f"tile must be a multiple of {PAD_MULTIPLE} and overlap in [0, tile/2), got {tile}, {overlap}")
-    h, w = rainy.shape[-2:]
-    out = torch.zeros_like(rainy)
-    weight = torch.zeros(1, 1, h, w, dtype=rainy.dtype, device=rainy.device)
-    tops, lefts = _starts(h, tile, tile - overlap), _starts(w, tile, tile - overlap)
-    for top in tops:
-        for left in lefts:
-            window = rainy[..., top : top + tile, left : left + tile]
-            th, tw = window.shape[-2:]
-            wy = _ramp(th, overlap, top == 0, top == tops[-1])
-            wx = _ramp(tw, overlap, left == 0, left == lefts[-1])
-            blend = (wy[:, None] * wx[None, :]).to(rainy)
-            out[..., top : top + th, left : left + tw] += model(window) * blend
-            weight[..., top : top + th, left : left + tw] += blend
-    return (out / weight).clamp(0, 1)
 
 
 def progress_bar(*columns, enabled: bool = True):
@@ -257,9 +225,11 @@ def main(argv=None) -> None:
     rain.add_argument("--side-by-side", action="store_true", help="save rainy | derained next to each other")
     for p in (score, rain):
         p.add_argument("--preset", default="full", choices=sorted(PRESETS), help="architecture of an official .pth")
-        p.add_argument("--tile", type=int, help="tile size for large images (multiple of 8)")
+        p.add_argument("--tile", type=int, help="run block internals on TILE x TILE tiles (less memory, same output)")
         p.add_argument("--threads", type=int, help="torch CPU threads")
     args = parser.parse_args(argv)
+    if args.tile is not None and args.tile <= 0:
+        parser.error(f"--tile must be a positive number of pixels, got {args.tile}")
     if args.threads:
         torch.set_num_threads(args.threads)
     model = load_model(args.model, args.preset)

@@ -11,6 +11,7 @@ from .config import (
     MEFCConfig,
 )
 from .model import DRSformer, load_strict, topk_counts, unwrap_state_dict
+from .tiling import tiled, tiled_forward
 
 __all__ = [
     "EXPERT_OPS",
@@ -23,6 +24,8 @@ __all__ = [
     "LevelConfig",
     "MEFCConfig",
     "load_strict",
+    "tiled",
+    "tiled_forward",
     "topk_counts",
     "unwrap_state_dict",
 ]

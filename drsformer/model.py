@@ -160,21 +160,27 @@ class Attention(nn.Module):
         self.attn3 = nn.Parameter(torch.tensor([0.2]))
         self.attn4 = nn.Parameter(torch.tensor([0.2]))
 
-    def attention_map(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(scaled channel-attention logits (b, heads, c, c), v (b, heads, c, h*w)) for input x."""
+    def heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k, v of input x, each (b, heads, head_dim, h*w)."""
         b, _, h, w = x.shape
         qkv = depthwise(self.qkv(x), self.qkv_dwconv)
-        q, k, v = qkv.reshape(b, 3, self.num_heads, self.head_dim, h * w).unbind(1)  # each (b, heads, c, hw)
-        q = F.normalize(q, dim=-1)
-        k = F.normalize(k, dim=-1)
-        return (q @ k.transpose(-2, -1)) * self.temperature, v
+        return qkv.reshape(b, 3, self.num_heads, self.head_dim, h * w).unbind(1)
+
+    @staticmethod
+    def channel_logits(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """Cosine similarity of every q channel with every k channel over all pixels, (b, heads, c, c): the
+        attention's only reduction over the image (``drsformer.tiling`` computes it from tile sums)."""
+        return F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)
+
+    def attend(self, logits: torch.Tensor, v: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """The output for channel logits (b, heads, c, c) and v (b, heads, c, h*w): per pixel, given logits."""
+        mix = torch.cat([self.attn1, self.attn2, self.attn3, self.attn4])
+        out = topk_mixed_softmax(logits * self.temperature, mix) @ v  # (b, heads, c, hw)
+        return self.project_out(out.reshape(v.shape[0], -1, h, w))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, _, h, w = x.shape
-        attn, v = self.attention_map(x)
-        mix = torch.cat([self.attn1, self.attn2, self.attn3, self.attn4])
-        out = topk_mixed_softmax(attn, mix) @ v  # (b, heads, c, hw)
-        return self.project_out(out.reshape(b, -1, h, w))
+        q, k, v = self.heads(x)
+        return self.attend(self.channel_logits(q, k), v, *x.shape[-2:])
 
 
 # ---------------------------------------------------------------------------------------------- MSFN
@@ -358,7 +364,12 @@ class Router(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.ca_fc(x.mean((2, 3))).reshape(-1, self.steps, NUM_EXPERT_OPS)
+        return self.ca_fc(self.pool(x)).reshape(-1, self.steps, NUM_EXPERT_OPS)
+
+    @staticmethod
+    def pool(x: torch.Tensor) -> torch.Tensor:
+        """Mean over the image, (b, c): MEFC's only reduction over pixels (see ``drsformer.tiling``)."""
+        return x.mean((2, 3))
 
 
 class MEFC(nn.Module):
@@ -397,6 +408,17 @@ class Resample(nn.Module):
         return self.body(x)
 
 
+def pad_to_multiple(x: torch.Tensor, multiple: int = PAD_MULTIPLE) -> torch.Tensor:
+    """x padded at the bottom and right to H, W divisible by ``multiple``: reflected where the image is large
+    enough (as the official test script pads), else replicated."""
+    h, w = x.shape[-2:]
+    pad_h, pad_w = -h % multiple, -w % multiple
+    if not (pad_h or pad_w):
+        return x
+    mode = "reflect" if pad_h < h and pad_w < w else "replicate"
+    return F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+
+
 def _stage(level: LevelConfig, cfg: DRSformerConfig) -> nn.Sequential:
     return nn.Sequential(*[TransformerBlock(level.width, b, cfg.bias, cfg.norm_type) for b in level.blocks])
 
@@ -433,13 +455,8 @@ class DRSformer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
-        pad_h, pad_w = -h % PAD_MULTIPLE, -w % PAD_MULTIPLE
-        if pad_h or pad_w:
-            # Reflect where the image is large enough (as the official test script pads), else replicate.
-            mode = "reflect" if pad_h < h and pad_w < w else "replicate"
-            x = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
-        out = self.forward_features(x)
-        return out[..., :h, :w] if pad_h or pad_w else out
+        out = self.forward_features(pad_to_multiple(x))
+        return out[..., :h, :w]
 
     def forward_features(self, image: torch.Tensor) -> torch.Tensor:
         """The official forward, for H and W divisible by 8."""
