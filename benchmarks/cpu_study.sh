@@ -15,7 +15,7 @@ JOBS=${JOBS:-1}
 STUDY=${STUDY:-"prune50_distill:100 prune50_distill:101 prune50_finetune:100 prune50_finetune:101
 prune50_outputkd:100 prune50_outputkd:101 scratch50:100 scratch50:101 prune50_experts:100 prune50_depth:100
 prune50_width:100 prune50_width_finetune:100 prune50_realrain:100 prune30_distill:100 prune70_distill:100
-prune50_lora:100"}
+prune50_lora:100 prune50_attnkd:100 prune50_attnkd:101"}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$((JOBS > 1 ? 1 : 2))}
 
 # the teacher: trains (or resumes) to the end of its schedule, then its record (evaluation only)

@@ -7,15 +7,22 @@ export. It starts as the identity, or, where width pruning cut the tap's stream,
 student channel into the teacher channel it was cut from (``PruneReport.kept_channels``), so the first
 feature loss measures the pruning itself. ``kept_channels``: no adapter; the student's channels are
 compared with the teacher channels they were cut from.
+
+Attention distillation (``attention_weight``) compares every student TKSA's channel-attention cosine
+logits with the teacher's at the heads and channels the student kept (``PruneReport.kept_attention``):
+no adapter is needed, since a kept channel is the same q/k projection in both networks.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from drsformer.model import Attention
 
 
 class FeatureTaps:
@@ -39,6 +46,49 @@ class FeatureTaps:
     def remove(self) -> None:
         for handle in self.handles:
             handle.remove()
+
+
+class AttentionTaps:
+    """The channel-attention cosine logits (b, heads, c, c) of every TKSA of ``model``, by module path:
+    ``Attention.channel_logits`` is wrapped per instance (the logits are not a module output)."""
+
+    def __init__(self, model: nn.Module):
+        self.logits: dict[str, torch.Tensor] = {}
+        self.modules = {name: m for name, m in model.named_modules() if isinstance(m, Attention)}
+        for name, module in self.modules.items():
+            module.channel_logits = functools.partial(self._record, name)
+
+    def _record(self, name: str, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        self.logits[name] = Attention.channel_logits(q, k)
+        return self.logits[name]
+
+    def remove(self) -> None:
+        for module in self.modules.values():
+            vars(module).pop("channel_logits", None)
+
+
+def attention_kd(
+    student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor], kept: dict[str, tuple]
+) -> dict[str, torch.Tensor]:
+    """Per student TKSA: L1 between its cosine logits and the teacher's at the heads and channels it kept
+    (``kept``: student path -> (teacher path, kept heads, per kept head the kept channels))."""
+    losses = {}
+    for path, logits in student.items():
+        t_path, heads, channels = kept[path]
+        idx = torch.tensor(channels, device=logits.device)  # (heads_s, c_s)
+        h = torch.tensor(heads, device=logits.device)[:, None, None]
+        target = teacher[t_path][:, h, idx[:, :, None], idx[:, None, :]]  # (b, heads_s, c_s, c_s)
+        losses[path] = F.l1_loss(logits.float(), target.float())
+    return losses
+
+
+def identity_attention(model: nn.Module) -> dict[str, tuple[str, list[int], list[list[int]]]]:
+    """The ``kept`` map of an unpruned student: every head and channel of the same path."""
+    return {
+        name: (name, list(range(m.num_heads)), [list(range(m.head_dim))] * m.num_heads)
+        for name, m in model.named_modules()
+        if isinstance(m, Attention)
+    }
 
 
 LORA_PATTERN = r".*\.({})$"
@@ -74,7 +124,9 @@ class Distiller:
     are learned from the teacher's output only.
     """
 
-    def __init__(self, teacher: nn.Module, student: nn.Module, cfg, device="cpu", kept_channels=None):
+    def __init__(
+        self, teacher: nn.Module, student: nn.Module, cfg, device="cpu", kept_channels=None, kept_attention=None
+    ):
         self.cfg = cfg
         self.kept = {}  # tap -> teacher channels behind the student's (only where widths differ)
         self.teacher = teacher.eval().requires_grad_(False)
@@ -102,6 +154,11 @@ class Distiller:
                         adapter.weight.zero_()[self.kept[path], range(s_width)] = 1.0  # embed each kept channel
                 self.adapters[path.replace(".", "__")] = adapter
         self.adapters.to(device)
+        self.attention = None  # (student taps, teacher taps, kept map) with attention_weight > 0
+        if cfg.attention_weight > 0:
+            kept = kept_attention or identity_attention(student)
+            _check_attention(teacher, student, kept, exact=kept_attention is None)
+            self.attention = (AttentionTaps(student), AttentionTaps(self.teacher), kept)
 
     def trainable_parameters(self):
         return self.adapters.parameters()
@@ -131,10 +188,30 @@ class Distiller:
                     teacher = teacher[:, self.kept[path]]
                 losses.append(F.l1_loss(student, teacher))
             terms["feature_kd"] = cfg.feature_weight * torch.stack(losses).mean()
+        if self.attention is not None:
+            student_taps, teacher_taps, kept = self.attention
+            losses = attention_kd(student_taps.logits, teacher_taps.logits, kept)
+            terms["attention_kd"] = cfg.attention_weight * torch.stack(list(losses.values())).mean()
         return terms
 
     def export(self, student: nn.Module) -> nn.Module:
         return merge_lora(student)
+
+
+def _check_attention(teacher: nn.Module, student: nn.Module, kept: dict[str, tuple], exact: bool) -> None:
+    """Every student TKSA maps onto a teacher TKSA with as many kept heads and channels as it has (``exact``:
+    the same shape, for the identity map of an unpruned student)."""
+    t_mods = dict(teacher.named_modules())
+    for path, m in student.named_modules():
+        if not isinstance(m, Attention):
+            continue
+        t_path, heads, channels = kept.get(path, (None, [], []))
+        t = t_mods.get(t_path)
+        fits = isinstance(t, Attention) and len(heads) == m.num_heads and {len(c) for c in channels} == {m.head_dim}
+        if not fits or (exact and (t.num_heads, t.head_dim) != (m.num_heads, m.head_dim)):
+            raise ValueError(f"distill.attention_weight: student TKSA {path} ({m.num_heads} heads x {m.head_dim}) "
+                             "has no matching teacher heads; attention distillation needs a student pruned "
+                             "from this teacher (or an unpruned copy)")  # fmt: skip
 
 
 def _kept_at(kept_channels: dict[str, list[int]], path: str) -> list[int] | None:

@@ -574,6 +574,18 @@ def kept_channels(config: DRSformerConfig, plan: Plan) -> dict[str, list[int]]:
     return kept
 
 
+def kept_attention(config: DRSformerConfig, plan: Plan) -> dict[str, tuple[str, list[int], list[list[int]]]]:
+    """For every student TKSA path: (the teacher's TKSA path it was cut from, the teacher heads it kept, per
+    kept head the teacher channels it kept). Student block j of a stage is the j-th kept teacher block."""
+    kept = {}
+    for stage, level in zip(STAGES, config.levels):
+        alive = [i for i in range(len(level.blocks)) if plan.blocks[(stage, i)].alive]
+        for j, i in enumerate(alive):
+            b = plan.blocks[(stage, i)]
+            kept[f"{stage}.{j}.attn"] = (f"{stage}.{i}.attn", list(b.heads), [list(c) for c in b.channels])
+    return kept
+
+
 @dataclass
 class PruneReport:
     criterion: str
@@ -582,6 +594,7 @@ class PruneReport:
     student_config: DRSformerConfig
     size: int = 256
     kept_channels: dict[str, list[int]] = field(default_factory=dict)  # see ``kept_channels()``
+    kept_attention: dict[str, tuple[str, list[int], list[list[int]]]] = field(default_factory=dict)
 
     def rows(self) -> list[dict]:
         """Per stage: residual width, blocks, heads, head width, MSFN width and MACs, teacher -> student."""
@@ -665,4 +678,5 @@ def prune(
     student = slice_model(model, plan)
     report = PruneReport(criterion, list(units), model.config, student.config)
     report.kept_channels = kept_channels(model.config, plan)
+    report.kept_attention = kept_attention(model.config, plan)
     return student, report

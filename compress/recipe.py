@@ -165,6 +165,7 @@ class DistillConfig(Strict):
     gt_weight: float = Field(1.0, ge=0)  # L1 to the clean image (synthetic pairs only)
     output_weight: float = Field(1.0, ge=0)  # L1 to the teacher's output
     feature_weight: float = Field(0.0, ge=0)
+    attention_weight: float = Field(0.0, ge=0)  # L1 on every TKSA's cosine logits at the kept heads/channels
     taps: list[str] = ["encoder_level1", "encoder_level2", "encoder_level3", "latent", "decoder_level1"]
     adapters: Literal["conv1x1", "kept_channels"] = "conv1x1"  # kept_channels: compare the channels pruning kept
 

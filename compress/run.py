@@ -97,8 +97,8 @@ def train(
     distiller = None
     if recipe.distill is not None or recipe.lora is not None:
         distill = recipe.distill or DistillConfig(output_weight=0.0)  # LoRA alone: ground truth only
-        kept = None if report is None else report.kept_channels
-        distiller = Distiller(teacher, student, distill, accelerator.device, kept)
+        kept, attention = (None, None) if report is None else (report.kept_channels, report.kept_attention)
+        distiller = Distiller(teacher, student, distill, accelerator.device, kept, attention)
     if recipe.lora is not None:
         student = add_lora(student, recipe.lora)
     summary = fit_recipe(student, recipe, accelerator, distiller=distiller, resume=resume)

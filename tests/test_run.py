@@ -11,13 +11,13 @@ import pytest
 import torch
 
 from compress import run
-from compress.distill import Distiller, FeatureTaps, add_lora, merge_lora
+from compress.distill import Distiller, FeatureTaps, add_lora, attention_kd, merge_lora
 from compress.measure import count_macs
 from compress.plots import regenerate
 from compress.prune import prune
 from compress.recipe import DistillConfig, LoraConfig, load_recipe
 from compress.results import git_state, pareto_front
-from drsformer import DRSformer, DRSformerConfig
+from drsformer import STAGES, DRSformer, DRSformerConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted(p for p in (ROOT / "recipes").glob("*.yaml") if p.stem != "teacher_full")
@@ -96,6 +96,49 @@ def test_width_pruned_taps_compare_the_kept_channels(teacher_dir):
     assert weight.argmax(0).tolist() == report.kept_channels["latent"]
     with pytest.raises(ValueError, match="no record of which teacher channels"):
         Distiller(teacher, student, same)
+
+
+def test_attention_distillation_compares_the_kept_heads_and_channels(teacher_dir):
+    teacher = DRSformer.from_pretrained(teacher_dir)
+    student, report = prune(teacher, ["head_channels", "heads"], ratios={"head_channels": 0.5, "heads": 0.5})
+    cfg = DistillConfig(attention_weight=1.0)
+    distiller = Distiller(teacher, student, cfg, kept_attention=report.kept_attention)
+    rainy = torch.rand(2, 3, 32, 32)
+    terms = distiller(rainy, student(rainy), rainy[:1])
+    assert terms["attention_kd"].item() > 1e-4  # later blocks see a pruned residual stream
+    student_logits, teacher_logits, kept = distiller.attention
+    losses = attention_kd(student_logits.logits, teacher_logits.logits, kept)
+    assert set(losses) == {f"{stage}.0.attn" for stage in STAGES}
+    # the first TKSA reads the same input in both networks (MEFC and widths untouched): its kept q/k
+    # channels are the teacher's, so their cosine logits agree; the first channels instead of the kept would not
+    assert losses["encoder_level1.0.attn"].item() < 1e-6
+    t_path, heads, channels = kept["encoder_level1.0.attn"]
+    assert channels != [list(range(len(channels[0])))]
+    first = {"encoder_level1.0.attn": (t_path, heads, [list(range(len(c))) for c in channels])}
+    wrong = attention_kd({k: v for k, v in student_logits.logits.items() if k in first}, teacher_logits.logits, first)
+    assert wrong["encoder_level1.0.attn"].item() > 1e-3
+    loss = terms["attention_kd"]
+    loss.backward()
+    assert student.encoder_level2[0].attn.qkv.weight.grad.abs().sum() > 0
+    same = DRSformer.from_pretrained(teacher_dir)
+    copy_ = Distiller(teacher, same, cfg)  # unpruned: every head and channel of the same path
+    assert copy_(rainy, same(rainy), rainy[:1])["attention_kd"].item() < 1e-6
+    with pytest.raises(ValueError, match="distill.attention_weight: student TKSA"):
+        Distiller(teacher, student, cfg)  # a pruned student without its kept map
+
+
+def test_kept_attention_follows_pruned_blocks():
+    torch.manual_seed(0)
+    teacher = DRSformer(DRSformerConfig.preset("small"))
+    student, report = prune(teacher, ["blocks", "head_channels"], ratios={"blocks": 0.5, "head_channels": 0.5})
+    student_attn = {n for n, m in student.named_modules() if n.endswith(".attn")}
+    teacher_attn = {n for n, m in teacher.named_modules() if n.endswith(".attn")}
+    assert set(report.kept_attention) == student_attn and len(student_attn) < len(teacher_attn)
+    for path, (t_path, heads, channels) in report.kept_attention.items():
+        assert t_path in teacher_attn and t_path.split(".")[0] == path.split(".")[0]
+        assert len(heads) == student.get_submodule(path).num_heads
+        assert all(len(c) == student.get_submodule(path).head_dim for c in channels)
+    assert any(t.split(".")[1] != s.split(".")[1] for s, (t, _, _) in report.kept_attention.items())
 
 
 def test_lora_merges_into_a_plain_drsformer(teacher_dir):
