@@ -100,6 +100,41 @@ def summary_markdown(records: list[dict], latency_note: str | None = None) -> st
         lines) + "\n\n" + "\n".join(notes) + "\n"  # fmt: skip
 
 
+def _label_boxes(ax, labels, size: float) -> list[tuple[float, float, float, float]]:
+    """(left, right, bottom, point y) in points for each label, lowest point first: a label whose box would
+    overlap one already placed moves up past it."""
+    to_points = 72 / ax.figure.dpi
+    line, char = size * 1.5, size * 0.55  # label height and mean character width, in points
+    placed = []
+    for x, y, text in labels:
+        px, py = (v * to_points for v in ax.transData.transform((x, y)))
+        left, right, bottom = px + 3, px + 3 + char * len(text), py + 3
+        for p_left, p_right, p_bottom, _ in sorted(placed, key=lambda b: b[2]):
+            if left < p_right and p_left < right and abs(bottom - p_bottom) < line:
+                bottom = p_bottom + line
+        placed.append((left, right, bottom, py))
+    return placed
+
+
+def _place_labels(ax, labels: list[tuple[float, float, str]], size: float = 7.0) -> None:
+    """Annotate points without overlapping labels (a 1-D repel: labels move up, with a thin line back to
+    their point); the top of the axes is raised until the highest label fits."""
+    labels = sorted(labels, key=lambda item: (item[1], item[0]))
+    ax.autoscale_view()
+    to_points = 72 / ax.figure.dpi
+    for _ in range(5):  # raising the top shrinks the scale, which changes the placement: repeat until it fits
+        placed = _label_boxes(ax, labels, size)
+        over = max(bottom + size * 1.5 for _, _, bottom, _ in placed) - ax.bbox.y1 * to_points
+        if over <= 0:
+            break
+        low, high = ax.get_ylim()
+        ax.set_ylim(low, high + over / (ax.bbox.height * to_points) * (high - low))
+    for (x, y, text), (_, _, bottom, py) in zip(labels, placed):
+        moved = bottom - (py + 3) > 1
+        ax.annotate(text, (x, y), fontsize=size, xytext=(3, bottom - py), textcoords="offset points",
+                    arrowprops={"arrowstyle": "-", "color": "0.6", "lw": 0.5} if moved else None)  # fmt: skip
+
+
 def pareto_plot(records: list[dict], x_key: str, x_label: str, test_set: str, out: Path) -> Path | None:
     import matplotlib
 
@@ -113,6 +148,7 @@ def pareto_plot(records: list[dict], x_key: str, x_label: str, test_set: str, ou
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     points = [(g[x_key], y) for g, y in rows]
     front = pareto_front(points)
+    labels = []
     for (g, y), (x, _) in zip(rows, points):
         teacher = g["role"] == "teacher"
         ax.scatter(x, y, marker="*" if teacher else "o", s=140 if teacher else 36, color="C3" if teacher else "C0",
@@ -120,8 +156,8 @@ def pareto_plot(records: list[dict], x_key: str, x_label: str, test_set: str, ou
         low, high = g["sets"][test_set]["psnr_range"]
         if high > low:
             ax.plot([x, x], [low, high], color="C0", lw=1, zorder=2)
-        label = g["stem"] if len(g["seeds"]) == 1 else f"{g['stem']} ({len(g['seeds'])} seeds)"
-        ax.annotate(label, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        labels.append((x, y, g["stem"] if len(g["seeds"]) == 1 else f"{g['stem']} ({len(g['seeds'])} seeds)"))
+    _place_labels(ax, labels)
     ax.plot([points[i][0] for i in front], [points[i][1] for i in front], "--", color="0.5", zorder=2,
             label="Pareto front")  # fmt: skip
     ax.set_xlabel(x_label)

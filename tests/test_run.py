@@ -186,6 +186,32 @@ def test_records_make_a_summary_and_pareto_plots(tmp_path):
     shutil.rmtree(runs)
 
 
+def test_clustered_labels_do_not_overlap_and_stay_inside_the_axes():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.text import Text
+
+    from compress.plots import _place_labels
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    points = [(2.59, 22.87 + 0.01 * i, f"prune50_recipe_{i}") for i in range(8)] + [
+        (1.5, 22.2, "far"),
+        (5.2, 22.9, "t"),
+    ]
+    ax.scatter([x for x, _, _ in points], [y for _, y, _ in points])
+    _place_labels(ax, points)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    boxes = [Text.get_window_extent(t, renderer) for t in ax.texts]  # the text alone, not its leader line
+    assert len(boxes) == len(points)
+    overlaps = [(i, j) for i in range(len(boxes)) for j in range(i) if boxes[i].overlaps(boxes[j])]
+    assert not overlaps
+    assert max(b.y1 for b in boxes) <= ax.get_window_extent(renderer).y1 + 1
+    plt.close(fig)
+
+
 def test_regenerated_results_do_not_make_the_tree_dirty(tmp_path, monkeypatch):
     def git(*args):
         subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
