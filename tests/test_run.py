@@ -125,6 +125,8 @@ def test_attention_distillation_compares_the_kept_heads_and_channels(teacher_dir
     assert copy_(rainy, same(rainy), rainy[:1])["attention_kd"].item() < 1e-6
     with pytest.raises(ValueError, match="distill.attention_weight: student TKSA"):
         Distiller(teacher, student, cfg)  # a pruned student without its kept map
+    student_logits.remove()
+    assert not any("channel_logits" in vars(m) for m in student.modules())
 
 
 def test_kept_attention_follows_pruned_blocks():
