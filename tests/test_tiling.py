@@ -83,3 +83,13 @@ def test_windows_cover_the_image_once_with_their_halo():
         assert window[0].start == max(core[0].start - 3, 0) and window[1].stop == min(core[1].stop + 3, 50)
         assert inner[0].stop - inner[0].start == core[0].stop - core[0].start
     assert seen.eq(1).all()
+
+
+def test_bfloat16_tiles_run_and_agree_to_bfloat16_precision():
+    model = random_model().to(torch.bfloat16)
+    x = torch.rand(1, 3, 64, 80).to(torch.bfloat16)
+    with torch.no_grad():
+        whole = model(x)
+    tiled = T.tiled_forward(model, x, 16)  # attention sums accumulate in fp32, the logits return to bf16
+    assert tiled.dtype == torch.bfloat16
+    assert (tiled.float() - whole.float()).abs().max() < 0.05
