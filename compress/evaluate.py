@@ -4,8 +4,9 @@
         --real sirr147=../shared/data/real_rain/sirr147 --out results/eval.json [--tile 256]
     python -m compress.evaluate derain MODEL my_photos/ derained/ [--side-by-side]
 
-``MODEL`` is a ``save_pretrained`` folder, an official ``.pth`` (with ``--preset``, default ``full``), or
-``identity`` (the rainy input itself: the input-vs-target figures of a set). Paired sets are scored
+``MODEL`` is a ``save_pretrained`` folder, an official ``.pth`` (with ``--preset``, default ``full``),
+``identity`` (the rainy input itself: the input-vs-target figures of a set), or ``random:PRESET`` (that
+architecture with seeded random weights, for memory and speed checks). Paired sets are scored
 with PSNR/SSIM on Y (``compress.metrics``), real rainy photos with NIQE/BRISQUE. ``--tile`` runs every
 transformer block and MEFC step on tiles for images too large for memory, with the same output as the
 whole image (``drsformer.tiling``).
@@ -37,15 +38,20 @@ class Identity(nn.Module):
 
 
 def load_model(spec: str | Path, preset: str = "full") -> nn.Module:
-    """A model from a ``save_pretrained`` folder, an official ``.pth`` (architecture ``preset``) or ``identity``."""
+    """A model from a ``save_pretrained`` folder, an official ``.pth`` (architecture ``preset``), ``identity``
+    or ``random:PRESET``."""
     if str(spec) == "identity":
         return Identity()
+    if str(spec).startswith("random:"):  # memory and speed checks of an architecture without weights
+        torch.manual_seed(0)
+        return DRSformer(DRSformerConfig.preset(str(spec).removeprefix("random:")))
     path = Path(spec)
     if path.is_dir():
         return DRSformer.from_pretrained(path)
     if path.is_file():
         return DRSformer.from_official(path, DRSformerConfig.preset(preset))
-    raise FileNotFoundError(f"{spec}: neither a save_pretrained folder, an official .pth file, nor 'identity'")
+    raise FileNotFoundError(f"{spec}: neither a save_pretrained folder, an official .pth file, 'identity' nor "
+                            "'random:PRESET'")
 
 
 @torch.no_grad()

@@ -22,7 +22,7 @@ from compress.data import (
     read_image,
 )
 from compress.metrics import NoReference, iqa_dir, psnr_y
-from drsformer import DRSformer, DRSformerConfig
+from drsformer import ConfigError, DRSformer, DRSformerConfig
 from tests.test_metrics_data import DATA, need
 
 
@@ -135,6 +135,10 @@ def test_evaluate_cli_writes_a_record_and_loads_saved_models(tiny_model, tmp_pat
     assert row["images"] == 2 and 5 < row["psnr_y_db"] < 60 and 0 < row["ssim_y"] <= 1
     with pytest.raises(FileNotFoundError, match="save_pretrained folder"):
         ev.load_model(tmp_path / "nothing")
+    a, b = ev.load_model("random:tiny"), ev.load_model("random:tiny")  # seeded: the same weights every time
+    assert a.config == DRSformerConfig.preset("tiny") and torch.equal(a.output.weight, b.output.weight)
+    with pytest.raises(ConfigError, match="unknown preset 'huge'"):
+        ev.load_model("random:huge")
     with pytest.raises(DataError, match="not a folder"):
         ev.main(["score", "identity", "--paired", f"x={tmp_path / 'missing'}"])
 
