@@ -9,6 +9,9 @@ absolute pixel difference, and the same figures for naive tiling (the network ru
 what tiling costs without whole-image attention and routing statistics.
 Memory: for a ``--memory-preset`` model with random weights on a ``--memory-size`` square image, the
 peak resident memory of a fresh process over its baseline after loading the model, whole vs tiled.
+Float rounding: for a ``--fp64-preset`` model with random weights on the first image of the set, the
+whole-image fp32 forward and the tiled fp32 forward against the whole-image fp64 forward (which of the
+two fp32 results is closer to the exact maths; they differ where a top-k choice sits on a near-tie).
 Writes ``results/bench/tiling_<set>.json`` atomically.
 """
 
@@ -103,6 +106,20 @@ def memory_in_child(preset: str, size: int, tile: int | None) -> dict:
     return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
 
 
+@torch.no_grad()
+def against_fp64(preset: str, image: torch.Tensor, tile: int) -> dict:
+    torch.manual_seed(0)
+    model = DRSformer(DRSformerConfig.preset(preset)).eval()
+    whole, tiled = model(image), tiled_forward(model, image, tile)
+    reference = model.double()(image.double())
+
+    def gap(t: torch.Tensor) -> dict:
+        d = (t.double() - reference).abs()
+        return {"max_abs": d.max().item(), "mean_abs": d.mean().item()}
+
+    return {"preset": preset, "size": list(image.shape[-2:]), "whole_fp32": gap(whole), "tiled_fp32": gap(tiled)}
+
+
 def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--child"]:
@@ -117,6 +134,7 @@ def main(argv=None) -> None:
     parser.add_argument("--limit", type=int)
     parser.add_argument("--memory-preset", help="also measure peak memory for this architecture preset")
     parser.add_argument("--memory-size", type=int, default=512)
+    parser.add_argument("--fp64-preset", help="also compare both fp32 forwards with fp64 for this preset")
     parser.add_argument("--out", type=Path, default=Path("results/bench"))
     args = parser.parse_args(argv)
     model = load_model(args.model).eval()
@@ -131,6 +149,8 @@ def main(argv=None) -> None:
     if args.memory_preset:
         runs = [memory_in_child(args.memory_preset, args.memory_size, t) for t in (None, args.tile)]
         record["memory"] = {"preset": args.memory_preset, "size": args.memory_size, "whole": runs[0], "tiled": runs[1]}
+    if args.fp64_preset:
+        record["against_fp64"] = against_fp64(args.fp64_preset, data[0]["rainy"][None], args.tile)
     out = args.out / f"tiling_{args.paired.name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(out, lambda p: Path(p).write_text(json.dumps(record, indent=1) + "\n"))
