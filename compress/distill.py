@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from compress.prune import full_plan, kept_attention
 from drsformer.model import Attention
 
 
@@ -80,15 +81,6 @@ def attention_kd(
         target = teacher[t_path][:, h, idx[:, :, None], idx[:, None, :]]  # (b, heads_s, c_s, c_s)
         losses[path] = F.l1_loss(logits.float(), target.float())
     return losses
-
-
-def identity_attention(model: nn.Module) -> dict[str, tuple[str, list[int], list[list[int]]]]:
-    """The ``kept`` map of an unpruned student: every head and channel of the same path."""
-    return {
-        name: (name, list(range(m.num_heads)), [list(range(m.head_dim))] * m.num_heads)
-        for name, m in model.named_modules()
-        if isinstance(m, Attention)
-    }
 
 
 LORA_PATTERN = r".*\.({})$"
@@ -156,8 +148,8 @@ class Distiller:
         self.adapters.to(device)
         self.attention = None  # (student taps, teacher taps, kept map) with attention_weight > 0
         if cfg.attention_weight > 0:
-            kept = kept_attention or identity_attention(student)
-            _check_attention(teacher, student, kept, exact=kept_attention is None)
+            kept = kept_attention or _unpruned_attention(teacher, student)
+            _check_attention(teacher, student, kept)
             self.attention = (AttentionTaps(student), AttentionTaps(self.teacher), kept)
 
     def trainable_parameters(self):
@@ -198,17 +190,23 @@ class Distiller:
         return merge_lora(student)
 
 
-def _check_attention(teacher: nn.Module, student: nn.Module, kept: dict[str, tuple], exact: bool) -> None:
-    """Every student TKSA maps onto a teacher TKSA with as many kept heads and channels as it has (``exact``:
-    the same shape, for the identity map of an unpruned student)."""
+def _unpruned_attention(teacher: nn.Module, student: nn.Module) -> dict[str, tuple]:
+    """The kept map of a student with the teacher's config: every head and channel of every block."""
+    if student.config != teacher.config:
+        raise ValueError("distill.attention_weight: student TKSAs differ from the teacher's and no kept map "
+                         "(PruneReport.kept_attention) was given; pass the pruning report's")  # fmt: skip
+    return kept_attention(teacher.config, full_plan(teacher.config))
+
+
+def _check_attention(teacher: nn.Module, student: nn.Module, kept: dict[str, tuple]) -> None:
+    """Every student TKSA maps onto a teacher TKSA with as many kept heads and channels as it has."""
     t_mods = dict(teacher.named_modules())
     for path, m in student.named_modules():
         if not isinstance(m, Attention):
             continue
         t_path, heads, channels = kept.get(path, (None, [], []))
         t = t_mods.get(t_path)
-        fits = isinstance(t, Attention) and len(heads) == m.num_heads and {len(c) for c in channels} == {m.head_dim}
-        if not fits or (exact and (t.num_heads, t.head_dim) != (m.num_heads, m.head_dim)):
+        if not isinstance(t, Attention) or len(heads) != m.num_heads or {len(c) for c in channels} != {m.head_dim}:
             raise ValueError(f"distill.attention_weight: student TKSA {path} ({m.num_heads} heads x {m.head_dim}) "
                              "has no matching teacher heads; attention distillation needs a student pruned "
                              "from this teacher (or an unpruned copy)")  # fmt: skip

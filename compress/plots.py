@@ -100,11 +100,14 @@ def summary_markdown(records: list[dict], latency_note: str | None = None) -> st
         lines) + "\n\n" + "\n".join(notes) + "\n"  # fmt: skip
 
 
+LABEL_LINE, LABEL_CHAR = 1.5, 0.55  # label height and mean character width, in font sizes
+
+
 def _label_boxes(ax, labels, size: float) -> list[tuple[float, float, float, float]]:
     """(left, right, bottom, point y) in points for each label, lowest point first: a label whose box would
     overlap one already placed moves up past it."""
     to_points = 72 / ax.figure.dpi
-    line, char = size * 1.5, size * 0.55  # label height and mean character width, in points
+    line, char = size * LABEL_LINE, size * LABEL_CHAR
     placed = []
     for x, y, text in labels:
         px, py = (v * to_points for v in ax.transData.transform((x, y)))
@@ -124,7 +127,7 @@ def _place_labels(ax, labels: list[tuple[float, float, str]], size: float = 7.0)
     to_points = 72 / ax.figure.dpi
     for _ in range(5):  # raising the top shrinks the scale, which changes the placement: repeat until it fits
         placed = _label_boxes(ax, labels, size)
-        over = max(bottom + size * 1.5 for _, _, bottom, _ in placed) - ax.bbox.y1 * to_points
+        over = max(bottom + size * LABEL_LINE for _, _, bottom, _ in placed) - ax.bbox.y1 * to_points
         if over <= 0:
             break
         low, high = ax.get_ylim()

@@ -364,12 +364,7 @@ class Router(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.ca_fc(self.pool(x)).reshape(-1, self.steps, NUM_EXPERT_OPS)
-
-    @staticmethod
-    def pool(x: torch.Tensor) -> torch.Tensor:
-        """Mean over the image, (b, c): MEFC's only reduction over pixels (see ``drsformer.tiling``)."""
-        return x.mean((2, 3))
+        return self.ca_fc(x.mean((2, 3))).reshape(-1, self.steps, NUM_EXPERT_OPS)
 
 
 class MEFC(nn.Module):

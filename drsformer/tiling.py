@@ -8,14 +8,15 @@ input over the whole image, so every tile would attend and route as if it were t
 Here the network runs layer by layer on the whole image, and only the inside of each transformer block
 and each MEFC step, where the memory goes (3x-width qkv, 5x-width MSFN, expert features), runs tile by
 tile. Each tile reads its neighbours' pixels as far as the layer's receptive radius (the overlap,
-derived from the layer's convolutions), so tiles are exact. The two reductions over the image become
-sums over tiles: one pass over the tiles accumulates sum q_i k_j, sum q_i^2 and sum k_j^2 per head
+derived from the layer's convolutions), so tiles are exact. The attention's reduction over the image
+becomes sums over tiles: one pass over the tiles accumulates sum q_i k_j, sum q_i^2 and sum k_j^2 per head
 (the cosine logits are these sums divided by the norms), a second pass applies the attention. The
 router pools its input, which is whole at that point. The maths is the whole-image forward's; only the
 float rounding of the attention sums differs (the price is computing q and k twice per block). That
 rounding can matter: the whole-image fp32 forward sums q_i k_j over ~150k pixels in long fp32 dot
-products, whose rounding can flip a top-k choice on a near-tie, and a flip propagates. Against an fp64 forward of the full model (random weights) on a Rain100H image, the tiled
-fp32 output is within 2e-7 and the whole-image fp32 output 4e-3 (``benchmarks/tiling.py --fp64-preset``).
+products, whose rounding can flip a top-k choice on a near-tie, and a flip propagates. Against an fp64
+forward of the full model (random weights) on a Rain100H image, the tiled fp32 output is within 2e-7 and
+the whole-image fp32 output 4e-3 (``benchmarks/tiling.py --fp64-preset``).
 
 Working memory is the residual stream and skip tensors of the whole image (the U-Net's width per
 pixel, 48-96 floats per full-resolution pixel for the official model) plus one tile's block
