@@ -30,6 +30,7 @@ from compress.rain import add_rain
 from drsformer.model import atomic_write
 
 STATE, BEST, FINAL = "state", "best", "final"  # sub-folders of a run directory
+CURVE = "curve.json"  # every validation of the run: [{"step", "seconds", "loss", "val": {set: {psnr_y_db, ssim_y}}}]
 
 
 @dataclass
@@ -110,6 +111,16 @@ def _swap_in(tmp: Path, final: Path) -> None:
         os.replace(final, old)
     os.replace(tmp, final)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def append_curve(run_dir: Path, point: dict) -> None:
+    """Add one validation to ``run_dir/curve.json``; points at or after its step (from a run that was
+    interrupted after them and resumed from an earlier state) are replaced, so a resumed curve has no repeats."""
+    path = Path(run_dir) / CURVE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    points = json.loads(path.read_text()) if path.is_file() else []
+    points = [p for p in points if p["step"] < point["step"]] + [point]
+    atomic_write(path, lambda p: Path(p).write_text(json.dumps(points, indent=1) + "\n"))
 
 
 def latest_state(run_dir: Path) -> Path | None:
@@ -251,6 +262,9 @@ def fit(
                 mean_psnr = sum(v["psnr_y_db"] for v in val.values()) / len(val)
                 if cfg.tensorboard:
                     accelerator.log({f"val/{k}/psnr_y_db": v["psnr_y_db"] for k, v in val.items()}, step=done)
+                if accelerator.is_main_process:
+                    seconds_so_far = earlier_seconds + time.perf_counter() - started
+                    append_curve(run_dir, {"step": done, "seconds": seconds_so_far, "loss": last_loss, "val": val})
                 if best["psnr"] is None or mean_psnr > best["psnr"]:
                     best = {"psnr": mean_psnr, "step": done}
                     if accelerator.is_main_process:
