@@ -205,18 +205,24 @@ def random_crop(images: tuple[torch.Tensor, ...], size: int, gen: torch.Generato
 class Patches(torch.utils.data.Dataset):
     """Endless random training patches; item ``i`` depends only on ``(seed, i)``.
 
-    ``images`` holds clean backgrounds (synthetic rain is added later, batched, on the training device),
-    ``(rainy, clean)`` pairs, or rainy photos without ground truth (``role="rainy"``). Because an item is a
-    pure function of its index, a resumed run that skips the batches already seen gets the very same
-    patches, whatever the number of data-loader workers.
+    ``images`` holds clean backgrounds, ``(rainy, clean)`` pairs (``role="pair"``), or rainy photos without
+    ground truth (``role="rainy"``). Clean backgrounds with ``heaviness=(lo, hi)`` become synthetic pairs:
+    the item's rain (heaviness drawn in ``[lo, hi]``) comes from the same generator as its crop. Because an
+    item is a pure function of its index, a resumed run that skips the batches already seen gets the very
+    same pairs whatever the number of workers, and a batch of 16 is the same 16 pairs whether one process
+    takes it at once or four micro-batches on two processes take it in pieces.
     """
 
-    def __init__(self, images: list, patch_size: int, seed: int, role: str = "clean", length: int = 2**31 - 1):
+    def __init__(self, images: list, patch_size: int, seed: int, role: str = "clean", length: int = 2**31 - 1,
+                 heaviness: tuple[float, float] | None = None):  # fmt: skip
         if not images:
             raise DataError("no training images given")
         if role not in ("clean", "rainy", "pair"):
             raise ValueError(f"role must be 'clean', 'rainy' or 'pair', got {role!r}")
+        if heaviness is not None and role != "clean":
+            raise ValueError("heaviness (synthetic rain) needs clean backgrounds (role='clean')")
         self.images, self.patch_size, self.seed, self.role, self.length = images, patch_size, seed, role, length
+        self.heaviness = heaviness
 
     def __len__(self) -> int:
         return self.length
@@ -230,6 +236,12 @@ class Patches(torch.utils.data.Dataset):
         ]
         if self.role == "pair":
             return {"rainy": crops[0], "clean": crops[1]}
+        if self.heaviness is not None:
+            from compress.rain import add_rain
+
+            lo, hi = self.heaviness
+            t = lo + (hi - lo) * torch.rand(1, generator=gen)
+            return {"rainy": add_rain(crops[0][None], t, gen)[0], "clean": crops[0]}
         return {self.role: crops[0]}
 
 
@@ -298,14 +310,14 @@ TRAIN_IMAGES = tuple(n for n in BUILTIN_IMAGES if n not in VALIDATION_IMAGES)
 
 
 def training_patches(cfg, seed: int) -> tuple[Patches, Patches | None]:
-    """Clean-background patches (synthetic rain is added per batch) and, if asked, real-rain patches.
+    """Synthetic (rainy, clean) patches on clean backgrounds and, if asked, real-rain patches.
 
     ``cfg`` is a recipe's ``DataConfig``. Backgrounds are checked against ``cfg.leak_check`` test sets.
     """
     images, names = _backgrounds(cfg.backgrounds, TRAIN_IMAGES)
     if cfg.leak_check:
         assert_disjoint(images, names, cfg.leak_check)
-    clean = Patches(images, cfg.patch_size, seed, role="clean")
+    clean = Patches(images, cfg.patch_size, seed, role="clean", heaviness=cfg.heaviness)
     real = None
     if cfg.real_rain:
         real = Patches(load_images(image_files(cfg.real_rain)), cfg.patch_size, seed + 1, role="rainy")

@@ -152,8 +152,9 @@ class Distiller:
             _check_attention(teacher, student, kept)
             self.attention = (AttentionTaps(student), AttentionTaps(self.teacher), kept)
 
-    def trainable_parameters(self):
-        return self.adapters.parameters()
+    def trainable_module(self) -> nn.Module:
+        """The distiller's own trainable tensors (the 1x1 adapters), trained and all-reduced with the student."""
+        return self.adapters
 
     def prepare(self, accelerator) -> None:
         self.teacher = accelerator.prepare_model(self.teacher, evaluation_mode=True)

@@ -26,7 +26,7 @@ from compress.plots import regenerate
 from compress.prune import prune
 from compress.recipe import DistillConfig, Recipe, load_recipe
 from compress.results import RESULTS, environment, git_state, record_path, write_record
-from compress.train import FINAL, fit_recipe, make_accelerator, synthesize
+from compress.train import FINAL, fit_recipe, make_accelerator
 from compress.train_teacher import train_teacher
 from drsformer import DRSformer
 
@@ -45,14 +45,10 @@ def load_teacher(recipe: Recipe, console: Console) -> DRSformer:
 
 
 def calibration(recipe: Recipe, count: int, batch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Synthetic-rain pairs for Taylor importance, from the training backgrounds (fixed seed)."""
+    """(rainy, clean) training pairs for Taylor importance (fixed seed, not the training stream's)."""
     patches, _ = training_patches(recipe.data, recipe.seed + 7)
-    out = []
-    for i in range(count):
-        clean = torch.stack([patches[i * batch + j]["clean"] for j in range(batch)])
-        gen = torch.Generator().manual_seed(recipe.seed + i)
-        out.append((synthesize(clean, recipe.data.heaviness, gen), clean))
-    return out
+    items = [[patches[i * batch + j] for j in range(batch)] for i in range(count)]
+    return [tuple(torch.stack([item[key] for item in group]) for key in ("rainy", "clean")) for group in items]
 
 
 def student_of(recipe: Recipe, teacher: DRSformer | None, console: Console):

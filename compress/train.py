@@ -2,9 +2,12 @@
 
 A student run passes a ``distiller`` (frozen teacher, feature taps, adapters); that is the only difference.
 Counting is in steps, as the upstream iteration schedules are; the loader is endless. Resuming is exact:
-the patches are a pure function of their index (``compress.data.Patches``), the synthetic rain of a batch
-is a pure function of ``(seed, step, micro-batch, rank)``, the lr a pure function of the step, and
-``accelerator.save_state`` restores weights, optimizer moments and RNG states.
+the (rainy, clean) patches, synthetic rain included, are a pure function of their index
+(``compress.data.Patches``), the lr a pure function of the step, and ``accelerator.save_state`` restores
+weights, optimizer moments and RNG states. Every trainable tensor (the student, LoRA, the distiller's
+adapters) is one prepared module, so under N processes all of their gradients are all-reduced. Inside a step
+nothing waits for the device: the loss is read at ``log_every``, and a non-finite loss is remembered on the
+device and checked there and before anything is saved.
 """
 
 from __future__ import annotations
@@ -26,7 +29,6 @@ from torch import nn
 from compress.data import training_patches, validation_sets
 from compress.evaluate import progress_bar
 from compress.metrics import psnr_y, ssim_y
-from compress.rain import add_rain
 from drsformer.model import atomic_write
 
 STATE, BEST, FINAL = "state", "best", "final"  # sub-folders of a run directory
@@ -46,6 +48,28 @@ class TrainSummary:
     rank_weight_sums: list[float] = field(default_factory=list)  # identical across ranks, or training diverged
     rank_first_patch_sums: list[float] = field(default_factory=list)  # different: ranks saw different data
     resumed_from: int = 0
+
+
+class NonFiniteLoss(RuntimeError):
+    """Training produced a NaN or infinite loss; nothing from that point on was saved."""
+
+
+class WithExtras(nn.Module):
+    """The model and the loss's own trainable modules (distillation adapters) as one module: prepared
+    together, so that DDP broadcasts and all-reduces both. The forward is the model's."""
+
+    def __init__(self, model: nn.Module, extras: nn.Module):
+        super().__init__()
+        self.model, self.extras = model, extras
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+def _plain(accelerator: Accelerator, prepared: nn.Module) -> nn.Module:
+    """The model inside a prepared (DDP, compiled) module, without its ``WithExtras`` wrapper."""
+    model = accelerator.unwrap_model(prepared)
+    return model.model if isinstance(model, WithExtras) else model
 
 
 def make_accelerator(cfg, run_dir: Path) -> Accelerator:
@@ -68,17 +92,6 @@ def lr_at(cfg, step: int) -> float:
     span = max(1, cfg.steps - cfg.lr_hold_steps)
     t = min(1.0, (step - cfg.lr_hold_steps) / span)
     return cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1 + math.cos(math.pi * t))
-
-
-def rain_generator(seed: int, step: int, micro: int, rank: int, device) -> torch.Generator:
-    return torch.Generator(device=device).manual_seed(((seed * 1_000_003 + step) * 64 + micro) * 1024 + rank)
-
-
-def synthesize(clean: torch.Tensor, heaviness: tuple[float, float], gen: torch.Generator) -> torch.Tensor:
-    """Rainy versions of a clean batch, each with its own heaviness drawn from ``heaviness``."""
-    lo, hi = heaviness
-    t = lo + (hi - lo) * torch.rand(clean.shape[0], generator=gen, device=clean.device)
-    return add_rain(clean, t, gen)
 
 
 @torch.no_grad()
@@ -138,8 +151,6 @@ def fit(
     accelerator: Accelerator,
     run_dir: Path,
     *,
-    seed: int,
-    heaviness: tuple[float, float] = (0.0, 1.0),
     real_fraction: float = 0.0,
     val_sets: dict | None = None,
     distiller=None,
@@ -168,9 +179,11 @@ def fit(
     if n_real >= per_process:
         raise ValueError(f"data.real_rain_fraction leaves no synthetic patch in a batch of {per_process} per process")
     clean_patches, real_patches = data
-    extra = list(distiller.trainable_parameters()) if distiller is not None else []
+    extras = distiller.trainable_module() if distiller is not None else None
+    if extras is not None and len(list(extras.parameters())):
+        model = WithExtras(model, extras)
     optimizer = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad] + extra,
+        [p for p in model.parameters() if p.requires_grad],
         lr=cfg.lr,
         betas=cfg.betas,
         weight_decay=cfg.weight_decay,
@@ -197,7 +210,20 @@ def fit(
     if cfg.tensorboard:
         accelerator.init_trackers(run_dir.name)
 
+    first_bad = torch.full((), -1, dtype=torch.long, device=device)  # first step with a non-finite loss
+
+    def check_finite() -> None:
+        bad = int(first_bad)  # the one place that waits for the device
+        if bad >= 0:
+            raise NonFiniteLoss(
+                f"step {bad + 1}: the loss is not finite (last terms: "
+                + ", ".join(f"{k} {v.item():.4g}" for k, v in terms.items())
+                + f"); nothing from this step on was saved. Lower train.lr (now {cfg.lr:g}) or set train.grad_clip "
+                f"(now {cfg.grad_clip}); --resume restarts from the last state in {run_dir / STATE}"
+            )
+
     def save_state(step: int) -> None:
+        check_finite()
         tmp = run_dir / (STATE + ".tmp")
         if accelerator.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -221,11 +247,11 @@ def fit(
         for step in range(start, cfg.steps):
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(cfg, step)
-            for micro in range(cfg.grad_accum):
-                clean = next(iters[0])["clean"]
+            for _ in range(cfg.grad_accum):
+                batch = next(iters[0])
+                rainy, clean = batch["rainy"], batch["clean"]
                 if first_patch_sum is None:
                     first_patch_sum = clean.double().sum().item()
-                rainy = synthesize(clean, heaviness, rain_generator(seed, step, micro, rank, device))
                 if iters[1] is not None:
                     rainy = torch.cat([rainy, next(iters[1])["rainy"]])
                 with accelerator.accumulate(model):
@@ -242,11 +268,16 @@ def fit(
                         )
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
-            last_loss = loss.item()
+                    first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), step, first_bad)
             done = step + 1
+            if device.type == "cpu":
+                check_finite()  # free on the CPU: stop at the very step
             patches_per_s = (done - start) * cfg.batch_size / (time.perf_counter() - started)
-            progress.update(task, completed=done, loss=last_loss, lr=optimizer.param_groups[0]["lr"], pps=patches_per_s)
+            progress.update(task, completed=done, lr=optimizer.param_groups[0]["lr"], pps=patches_per_s)
             if done % cfg.log_every == 0 or done == cfg.steps:
+                check_finite()
+                last_loss = loss.item()
+                progress.update(task, loss=last_loss)
                 logged = {
                     "loss": last_loss,
                     "lr": optimizer.param_groups[0]["lr"],
@@ -258,7 +289,8 @@ def fit(
                     accelerator.print(f"step {done}/{cfg.steps} " + " ".join(f"{k} {v:.4g}" for k, v in logged.items())
                                       + f" {patches_per_s:.2f} patches/s")  # fmt: skip
             if val_sets and (done % cfg.eval_every == 0 or done == cfg.steps):
-                val = validate(accelerator.unwrap_model(model), val_sets, device)
+                check_finite()
+                val = validate(_plain(accelerator, model), val_sets, device)
                 mean_psnr = sum(v["psnr_y_db"] for v in val.values()) / len(val)
                 if cfg.tensorboard:
                     accelerator.log({f"val/{k}/psnr_y_db": v["psnr_y_db"] for k, v in val.items()}, step=done)
@@ -276,12 +308,13 @@ def fit(
             if done % cfg.save_every == 0 or done == cfg.steps:
                 save_state(done)
     seconds = time.perf_counter() - started
+    check_finite()
     if accelerator.is_main_process:
         _export(accelerator, model, distiller, run_dir / FINAL)
     if cfg.tensorboard:
         accelerator.end_training()
     checks = torch.tensor(
-        [sum(p.double().sum().item() for p in accelerator.unwrap_model(model).parameters()), first_patch_sum or 0.0],
+        [sum(p.double().sum().item() for p in _plain(accelerator, model).parameters()), first_patch_sum or 0.0],
         dtype=torch.float64,
         device=device,
     )
@@ -303,7 +336,7 @@ def fit(
 
 def _export(accelerator: Accelerator, model: nn.Module, distiller, out: Path) -> None:
     """The deliverable: a plain ``DRSformer`` (LoRA merged by the distiller's ``export`` if it has one)."""
-    plain = accelerator.unwrap_model(model)
+    plain = _plain(accelerator, model)
     if distiller is not None and hasattr(distiller, "export"):
         plain = distiller.export(plain)
     plain.save_pretrained(out)
@@ -323,8 +356,6 @@ def fit_recipe(model: nn.Module, recipe, accelerator: Accelerator, *, distiller=
         training_patches(recipe.data, recipe.seed),
         accelerator,
         recipe.run_dir,
-        seed=recipe.seed,
-        heaviness=recipe.data.heaviness,
         real_fraction=recipe.data.real_rain_fraction,
         val_sets=validation_sets(recipe.data),
         distiller=distiller,
