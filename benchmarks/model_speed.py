@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from drsformer import PRESETS, DRSformer, DRSformerConfig
-from drsformer.model import atomic_write
+from drsformer.io import write_json
 from tests.literal_drsformer import LiteralDRSformer
 
 
@@ -134,7 +134,7 @@ def main(argv=None) -> dict:
     }
     out = args.out or Path("results/bench") / f"model_speed_{args.preset}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=1) + "\n"))
+    write_json(out, record)
     print(json.dumps({k: record[k] for k in ("preset", "inference", "train_step")}, indent=1))
     return record
 

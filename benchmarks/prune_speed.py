@@ -32,7 +32,7 @@ from compress.measure import count_macs, count_params, latency_ms
 from compress.prune import prune
 from compress.rain import add_rain
 from drsformer import PRESETS, DRSformer, DRSformerConfig
-from drsformer.model import atomic_write
+from drsformer.io import write_json
 
 UNITS = "head_channels,ffn,experts"
 
@@ -101,7 +101,7 @@ def main(argv=None) -> None:
     suffix = "" if args.units == UNITS else "_" + "+".join(units)
     out = args.out / f"prune_speed_{args.preset}{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(out, lambda p: Path(p).write_text(json.dumps(record, indent=1) + "\n"))
+    write_json(out, record)
     print(json.dumps({k: v for k, v in record.items() if k != "students"}, indent=1))
     for name, row in rows.items():
         print(f"{name}: {row['macs_kept']:.2f} of the MACs, {row['latency_ms']:.0f} ms, {row['speedup']:.2f}x")

@@ -21,7 +21,7 @@ import torch
 from compress.data import paired_files, read_image, read_pair
 from compress.metrics import psnr_y
 from compress.rain import add_rain
-from drsformer.model import atomic_write
+from drsformer.io import write_json
 
 
 def main(argv=None) -> dict:
@@ -47,7 +47,7 @@ def main(argv=None) -> dict:
         scores = [psnr_y(*(t[None] for t in read_pair(r, c))).item() for r, c in paired_files(args.data / name)]
         record["benchmarks"][name] = {"psnr_y_db_mean": float(np.mean(scores)), "psnr_y_db_std": float(np.std(scores))}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(args.out, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=1) + "\n"))
+    write_json(args.out, record)
     print(json.dumps(record, indent=1))
     return record
 

@@ -13,7 +13,6 @@ the latency axis and says so in ``results/summary.md``.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
@@ -23,7 +22,7 @@ import torch
 
 from compress.results import read_records
 from drsformer import DRSformer
-from drsformer.model import atomic_write
+from drsformer.io import write_json
 
 
 @torch.no_grad()
@@ -66,7 +65,7 @@ def main(argv=None) -> None:
     }
     out = args.results / "bench" / "study_latency.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(out, lambda p: Path(p).write_text(json.dumps(record, indent=1) + "\n"))
+    write_json(out, record)
     for name, ms in sorted(latency.items(), key=lambda kv: kv[1]):
         print(f"{name:<32} {ms:8.1f} ms")
     print(f"wrote {out}")

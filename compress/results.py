@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from drsformer.model import atomic_write
+from drsformer.io import write_json
 
 RESULTS = Path("results")
 PACKAGES = ("torch", "torch-pruning", "accelerate", "datasets", "peft", "pyiqa", "rich", "pydantic")
@@ -60,7 +60,7 @@ def record_path(stem: str, scratch: bool, results: Path = RESULTS) -> Path:
 def write_record(record: dict, path: Path) -> Path:
     """Write one run record atomically (a failed run writes nothing)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda p: Path(p).write_text(json.dumps(record, indent=1) + "\n"))
+    write_json(path, record)
     return path
 
 

@@ -98,11 +98,21 @@ def train(
     if recipe.lora is not None:
         student = add_lora(student, recipe.lora)
     summary = fit_recipe(student, recipe, accelerator, distiller=distiller, resume=resume)
+    accelerator.wait_for_everyone()  # the main process has written final/
+    final = DRSformer.from_pretrained(run_dir / FINAL)
+    if accelerator.is_main_process:
+        console.print("[bold]evaluate[/]")
+    # every process scores its share of the images on its device; all get the gathered result
+    scored = final
+    if recipe.train.compile and recipe.eval.tile is None:  # tiling swaps methods per module: it runs eager
+        t = recipe.train
+        scored = torch.compile(final.to(accelerator.device), backend=t.compile_backend, dynamic=True,
+                               mode=t.compile_mode if t.compile_backend == "inductor" else None)  # fmt: skip
+    sets = evaluate(scored, recipe.eval.paired, recipe.eval.real, recipe.eval.tile, recipe.eval.limit,
+                    accelerator=accelerator)  # fmt: skip
+    final = final.cpu()
     record = {}
     if accelerator.is_main_process:
-        final = DRSformer.from_pretrained(run_dir / FINAL)
-        console.print("[bold]evaluate[/]")
-        sets = evaluate(final, recipe.eval.paired, recipe.eval.real, recipe.eval.tile, recipe.eval.limit)
         env = environment()
         record = {
             "stem": stem or recipe.name,
@@ -122,6 +132,7 @@ def train(
                 "seconds": summary.seconds,
                 "patches_per_s": summary.patches_per_s,
                 "best_psnr_y_db": summary.best_psnr_y_db,
+                "processes": summary.ranks,
                 "val": summary.val,
             },  # fmt: skip
             "prune": None if report is None else report.rows(),

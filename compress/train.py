@@ -12,6 +12,7 @@ device and checked there and before anything is saved.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -29,7 +30,7 @@ from torch import nn
 from compress.data import training_patches, validation_sets
 from compress.evaluate import progress_bar
 from compress.metrics import psnr_y, ssim_y
-from drsformer.model import atomic_write
+from drsformer.io import write_json
 
 STATE, BEST, FINAL = "state", "best", "final"  # sub-folders of a run directory
 CURVE = "curve.json"  # every validation of the run: [{"step", "seconds", "loss", "val": {set: {psnr_y_db, ssim_y}}}]
@@ -46,6 +47,7 @@ class TrainSummary:
     best_step: int | None = None
     ranks: int = 1
     rank_weight_sums: list[float] = field(default_factory=list)  # identical across ranks, or training diverged
+    rank_weight_digests: list[int] = field(default_factory=list)  # of every trained tensor's bytes: bit-identical?
     rank_first_patch_sums: list[float] = field(default_factory=list)  # different: ranks saw different data
     resumed_from: int = 0
 
@@ -68,20 +70,29 @@ class WithExtras(nn.Module):
 
 def _plain(accelerator: Accelerator, prepared: nn.Module) -> nn.Module:
     """The model inside a prepared (DDP, compiled) module, without its ``WithExtras`` wrapper."""
-    model = accelerator.unwrap_model(prepared)
+    model = accelerator.unwrap_model(prepared, keep_torch_compile=False)
     return model.model if isinstance(model, WithExtras) else model
 
 
 def make_accelerator(cfg, run_dir: Path) -> Accelerator:
     """Accelerator for a recipe's ``TrainConfig``; CPU-only machines run gloo processes (``../shared/INSTALL.md``)."""
+    from accelerate.utils import DataLoaderConfiguration, TorchDynamoPlugin
+
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    dynamo = None
+    if cfg.compile:
+        mode = cfg.compile_mode if cfg.compile_backend == "inductor" else None  # modes are inductor's
+        dynamo = TorchDynamoPlugin(backend=cfg.compile_backend, mode=mode)
     return Accelerator(
         cpu=not torch.cuda.is_available(),
         mixed_precision=cfg.mixed_precision,
         gradient_accumulation_steps=cfg.grad_accum,
         log_with="tensorboard" if cfg.tensorboard else None,
         project_dir=str(run_dir),
+        dynamo_plugin=dynamo,
+        # batches come from pinned memory and are copied without waiting (no effect on the CPU)
+        dataloader_config=DataLoaderConfiguration(non_blocking=torch.cuda.is_available()),
     )
 
 
@@ -113,7 +124,8 @@ def validate(model: nn.Module, sets: dict[str, tuple[torch.Tensor, torch.Tensor]
 def _loader(dataset, batch_size: int, workers: int):
     if dataset is None or batch_size == 0:
         return None
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                                       pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0)
 
 
 def _swap_in(tmp: Path, final: Path) -> None:
@@ -133,7 +145,7 @@ def append_curve(run_dir: Path, point: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     points = json.loads(path.read_text()) if path.is_file() else []
     points = [p for p in points if p["step"] < point["step"]] + [point]
-    atomic_write(path, lambda p: Path(p).write_text(json.dumps(points, indent=1) + "\n"))
+    write_json(path, points)
 
 
 def latest_state(run_dir: Path) -> Path | None:
@@ -168,7 +180,7 @@ def fit(
     ``run_dir/best`` (best mean validation PSNR) and ``run_dir/final`` with ``save_pretrained``.
     """
     run_dir = Path(run_dir)
-    world, rank, device = accelerator.num_processes, accelerator.process_index, accelerator.device
+    world, device = accelerator.num_processes, accelerator.device
     per_process, rest = divmod(cfg.batch_size, world * cfg.grad_accum)
     if rest or per_process == 0:
         raise ValueError(
@@ -313,12 +325,15 @@ def fit(
         _export(accelerator, model, distiller, run_dir / FINAL)
     if cfg.tensorboard:
         accelerator.end_training()
+    trained = accelerator.unwrap_model(model, keep_torch_compile=False)  # with the adapters and LoRA
     checks = torch.tensor(
         [sum(p.double().sum().item() for p in _plain(accelerator, model).parameters()), first_patch_sum or 0.0],
         dtype=torch.float64,
         device=device,
     )
+    digest = torch.tensor([_digest(trained)], dtype=torch.long, device=device)
     gathered = accelerator.gather(checks[None]).view(-1, 2).cpu()
+    digests = accelerator.gather(digest).cpu().tolist()
     return TrainSummary(
         steps=cfg.steps,
         seconds=earlier_seconds + seconds,  # over all sessions of a resumed run
@@ -329,9 +344,19 @@ def fit(
         best_step=best["step"],
         ranks=world,
         rank_weight_sums=gathered[:, 0].tolist(),
+        rank_weight_digests=digests,
         rank_first_patch_sums=gathered[:, 1].tolist(),
         resumed_from=start,
     )
+
+
+def _digest(model: nn.Module) -> int:
+    """A 62-bit digest of every parameter's name and bytes: equal on two ranks only if bit-identical."""
+    h = hashlib.sha256()
+    for name, p in model.named_parameters():
+        h.update(name.encode())
+        h.update(p.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+    return int(h.hexdigest()[:15], 16)
 
 
 def _export(accelerator: Accelerator, model: nn.Module, distiller, out: Path) -> None:
@@ -343,7 +368,7 @@ def _export(accelerator: Accelerator, model: nn.Module, distiller, out: Path) ->
 
 
 def write_summary(summary: TrainSummary, path: Path) -> None:
-    atomic_write(path, lambda p: Path(p).write_text(json.dumps(asdict(summary), indent=1) + "\n"))
+    write_json(path, asdict(summary))
 
 
 def fit_recipe(model: nn.Module, recipe, accelerator: Accelerator, *, distiller=None, resume: bool = False,

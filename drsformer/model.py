@@ -17,15 +17,19 @@ Forward differences from the official code, each exact up to float rounding:
 - MEFC folds the per-sample routing weights, and the last 1x1 conv of every expert operation (linear,
   no activation after it), into the weight of the step's output 1x1 conv instead of running seven 1x1
   convs over the image and scaling eight expert outputs.
-- Every depthwise conv has a hand-written backward (``_DepthwiseConv``): oneDNN's CPU depthwise
-  backward is several times slower than the forward.
+- On the CPU every depthwise conv has a hand-written backward (``_DepthwiseConv``): oneDNN's CPU depthwise
+  backward is several times slower than the forward. Other devices use PyTorch's native backward, which
+  the CPU rewrite would only slow down (its weight gradient is a grouped conv with an image-sized kernel);
+  ``DEPTHWISE_BACKWARD`` overrides the choice.
+- Nothing in the forward waits for the device: index tensors come from ``arange`` comparisons or
+  non-persistent buffers, never from Python lists copied to the device. Under autocast the attention's
+  cosine logits and their top-k stay in fp32, so low precision never changes which channels are kept.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -33,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import EXPERT_OPS, NUM_EXPERT_OPS, BlockConfig, DRSformerConfig, LevelConfig, MEFCConfig
+from .io import atomic_write
 
 TOPK_RATIOS = ((1, 2), (2, 3), (3, 4), (4, 5))  # the four TKSA branches, as num/den
 PAD_MULTIPLE = 8  # three 2x downsamplings
@@ -83,6 +88,13 @@ class _DepthwiseConv(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None, None
 
 
+DEPTHWISE_BACKWARD = "auto"  # "auto": hand-written on the CPU, native elsewhere; "custom" or "native" to force
+
+
+def _custom_backward(x: torch.Tensor) -> bool:
+    return DEPTHWISE_BACKWARD == "custom" or (DEPTHWISE_BACKWARD == "auto" and x.device.type == "cpu")
+
+
 def _records_grad(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether autograd will record an op on ``x`` and ``weight`` (training), as opposed to inference."""
     return torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
@@ -91,7 +103,7 @@ def _records_grad(x: torch.Tensor, weight: torch.Tensor) -> bool:
 def depthwise(x: torch.Tensor, conv: nn.Conv2d, weight: torch.Tensor | None = None) -> torch.Tensor:
     """``conv(x)`` for a stride-1 depthwise ``conv``; with ``weight``, that weight and no bias in its place."""
     weight, bias = (conv.weight, conv.bias) if weight is None else (weight, None)
-    if not _records_grad(x, weight):
+    if not (_records_grad(x, weight) and _custom_backward(x)):
         return F.conv2d(x, weight, bias, 1, conv.padding, conv.dilation, weight.shape[0])
     return _DepthwiseConv.apply(x, weight, bias, conv.padding, conv.dilation)
 
@@ -138,9 +150,14 @@ def topk_mixed_softmax(attn: torch.Tensor, mix: torch.Tensor) -> torch.Tensor:
     exp = torch.exp(values - values[..., :1])  # the row max is the first sorted value
     denom = exp.cumsum(-1)[..., [k - 1 for k in ks]]  # (..., c, 4): softmax denominators
     # prefix[r, j] = 1 where sorted entry j is inside branch r's top-k_r
-    prefix = (torch.arange(ks[-1], device=attn.device) < torch.tensor(ks, device=attn.device)[:, None]).to(exp.dtype)
+    position = torch.arange(ks[-1], device=attn.device)
+    prefix = torch.stack([position < k for k in ks]).to(exp.dtype)  # no list-to-device copy (no sync)
     coef = (mix.to(exp.dtype) / denom) @ prefix  # (..., c, kmax)
     return torch.zeros_like(attn).scatter(-1, index, exp * coef)
+
+
+def _at_least_fp32(t: torch.Tensor) -> torch.Tensor:
+    return t if t.dtype in (torch.float32, torch.float64) else t.float()
 
 
 class Attention(nn.Module):
@@ -169,13 +186,18 @@ class Attention(nn.Module):
     @staticmethod
     def channel_logits(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         """Cosine similarity of every q channel with every k channel over all pixels, (b, heads, c, c): the
-        attention's only reduction over the image (``drsformer.tiling`` computes it from tile sums)."""
-        return F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)
+        attention's only reduction over the image (``drsformer.tiling`` computes it from tile sums). Always
+        fp32, autocast or not: the top-k that follows must not choose among rounded cosines."""
+        q, k = _at_least_fp32(q), _at_least_fp32(k)
+        with torch.autocast(q.device.type, enabled=False):
+            return F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)
 
     def attend(self, logits: torch.Tensor, v: torch.Tensor, h: int, w: int) -> torch.Tensor:
         """The output for channel logits (b, heads, c, c) and v (b, heads, c, h*w): per pixel, given logits."""
         mix = torch.cat([self.attn1, self.attn2, self.attn3, self.attn4])
-        out = topk_mixed_softmax(logits * self.temperature, mix) @ v  # (b, heads, c, hw)
+        with torch.autocast(v.device.type, enabled=False):  # the (c, c) attention in fp32; the product below not
+            attn = topk_mixed_softmax(_at_least_fp32(logits) * self.temperature, mix)
+        out = attn.to(v.dtype) @ v  # (b, heads, c, hw)
         return self.project_out(out.reshape(v.shape[0], -1, h, w))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -309,6 +331,8 @@ class ExpertStep(nn.Module):
     def __init__(self, c: int, ops: tuple[int, ...]):
         super().__init__()
         self.op_index = ops
+        # the kept operations' columns of the routing weights, as a device tensor (not in the state dict)
+        self.register_buffer("op_columns", torch.tensor(ops, dtype=torch.long), persistent=False)
         self._ops = nn.ModuleDict({str(j): ExpertOp(c, *EXPERT_OPS[j]) for j in ops})
         self._out = nn.Sequential(_pointwise(c * len(ops), c), nn.ReLU(inplace=True))
 
@@ -321,7 +345,7 @@ class ExpertStep(nn.Module):
         # c x c product instead of a 1x1 conv over the image), and the per-sample routing weights w_j too.
         blocks = self._out[0].weight.reshape(c, n, c)
         blocks = torch.stack([blocks[:, k] if m is None else blocks[:, k] @ m for k, m in enumerate(matrices)], 1)
-        kept = weights[:, list(self.op_index)]  # (b, n)
+        kept = weights.index_select(1, self.op_columns)  # (b, n)
         weight = blocks.reshape(1, c, n, c) * kept.reshape(b, 1, n, 1)
         experts = torch.cat(features, 1)  # (b, n*c, h, w)
         out = F.conv2d(experts.reshape(1, b * n * c, h, w), weight.reshape(b * c, n * c, 1, 1), groups=b)
@@ -560,15 +584,3 @@ def _short(model: nn.Module) -> str:
     if cfg is None:
         return "?"
     return f"widths={[lv.width for lv in cfg.levels]}, blocks={[len(lv.blocks) for lv in cfg.levels]}, mefc={cfg.mefc}"
-
-
-def atomic_write(path: Path, write) -> None:
-    """Write through ``write(tmp_path)`` into a temporary file beside ``path``, then rename it into place."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

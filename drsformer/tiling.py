@@ -89,10 +89,10 @@ def tiled_block(block: TransformerBlock, x: torch.Tensor, tile: int) -> torch.Te
         xw = x[..., window[0], window[1]]
         q, k, _ = attn.heads(block.norm1(xw))
         q, k = (_crop(t, xw.shape[-2:], inner).float() for t in (q, k))  # sums over many tiles: fp32
-        qk = qk + q @ k.transpose(-2, -1)
+        with torch.autocast(x.device.type, enabled=False):  # fp32 logits, as Attention.channel_logits
+            qk = qk + q @ k.transpose(-2, -1)
         qq, kk = qq + q.square().sum(-1), kk + k.square().sum(-1)
     logits = qk / (qq.sqrt().clamp_min(EPS)[..., :, None] * kk.sqrt().clamp_min(EPS)[..., None, :])
-    logits = logits.to(x.dtype)
 
     def attend(xw: torch.Tensor) -> torch.Tensor:
         return attn.attend(logits, attn.heads(block.norm1(xw))[2], *xw.shape[-2:])

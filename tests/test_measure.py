@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -73,3 +75,21 @@ def test_analytic_macs_on_nonuniform_student():
 def test_macs_follow_padding():
     cfg = DRSformerConfig.preset("tiny")
     assert count_macs(cfg, 33, 47) == count_macs(cfg, 40, 48)
+
+
+def test_gpu_benchmark_without_a_gpu_measures_nothing_and_smoke_runs(tmp_path):
+    import torch
+
+    from benchmarks import gpu
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is here: the dry run does not apply")
+    out = tmp_path / "bench" / "gpu.json"
+    assert gpu.main(["--out", str(out)]) == 0 and not out.parent.exists()  # says so, writes nothing
+    assert gpu.main(["--smoke", "--out", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert record["device"] == "smoke" and record["sections_done"] == ["train_step", "inference", "loader"]
+    steps = record["train_step"]
+    assert len(steps) == 7 and all(s["median_s"] > 0 and s["peak_gb"] is None for s in steps)
+    assert {(s["precision"], s["kernels"], s["compiled"]) for s in steps} >= {("bf16", "native", True)}
+    assert all(r["patches_per_s"] > 0 for r in record["loader"])

@@ -329,3 +329,49 @@ def test_mefc_config_semantics_make_expert_and_step_removal_exact():
     x = torch.rand(1, 3, 24, 32, dtype=torch.float64)
     with torch.no_grad():
         assert (student(x) - teacher(x)).abs().max().item() < 1e-12
+
+
+def test_native_and_cpu_depthwise_backward_agree(monkeypatch):
+    """The CPU's hand-written depthwise backward and PyTorch's native one (other devices): same outputs and
+    gradients, so the per-device kernel choice cannot change training."""
+    import drsformer.model as model_module
+
+    torch.manual_seed(0)
+    model = DRSformer(DRSformerConfig.preset("tiny"))
+    x = torch.rand(2, 3, 24, 16)
+    results = {}
+    for mode in ("custom", "native"):
+        monkeypatch.setattr(model_module, "DEPTHWISE_BACKWARD", mode)
+        model.zero_grad()
+        out = model(x)
+        (out.square().mean() + out.mean()).backward()
+        results[mode] = (out.detach(), {n: p.grad.clone() for n, p in model.named_parameters()})
+    torch.testing.assert_close(results["custom"][0], results["native"][0], rtol=0, atol=0)  # forward: one kernel
+    for name, grad in results["native"][1].items():
+        torch.testing.assert_close(results["custom"][1][name], grad, rtol=1e-4, atol=1e-7, msg=name)
+    monkeypatch.setattr(model_module, "DEPTHWISE_BACKWARD", "auto")  # the hand-written one on the CPU only
+    assert model_module._custom_backward(x) and not model_module._custom_backward(x.to("meta"))
+
+
+def test_attention_logits_and_topk_stay_fp32_under_autocast():
+    torch.manual_seed(0)
+    attn = DRSformer(DRSformerConfig.preset("tiny")).encoder_level1[0].attn
+    seen = {}
+    original = topk_mixed_softmax
+
+    def spy(logits, mix):
+        seen["dtype"] = logits.dtype
+        return original(logits, mix)
+
+    import drsformer.model as model_module
+
+    model_module.topk_mixed_softmax, restore = spy, model_module.topk_mixed_softmax
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            q, k, v = attn.heads(torch.rand(1, 8, 16, 16))
+            assert q.dtype == torch.bfloat16  # the convs do run in bf16 ...
+            assert attn.channel_logits(q, k).dtype == torch.float32  # ... the cosines do not
+            out = attn(torch.rand(1, 8, 16, 16))
+    finally:
+        model_module.topk_mixed_softmax = restore
+    assert seen["dtype"] == torch.float32 and out.dtype == torch.bfloat16
