@@ -11,6 +11,7 @@ Layouts (``paired_files``):
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -24,14 +25,15 @@ class DataError(ValueError):
 
 
 def read_image(path: str | Path) -> torch.Tensor:
-    """Read ``path`` as (3, H, W) float32 RGB in [0, 1]; a clear ``DataError`` names the file otherwise."""
-    from PIL import Image, UnidentifiedImageError
+    """Read ``path`` as (3, H, W) float32 RGB in [0, 1], upright by its EXIF orientation; a clear ``DataError``
+    names the file otherwise."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     path = Path(path)
     try:
         with Image.open(path) as img:
             img.load()
-            array = _to_rgb_array(img)
+            array = _to_rgb_array(ImageOps.exif_transpose(img))  # as a viewer shows it (EXIF orientation)
     except FileNotFoundError as err:
         raise DataError(f"{path}: file not found") from err
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
@@ -322,6 +324,26 @@ def training_patches(cfg, seed: int) -> tuple[Patches, Patches | None]:
     if cfg.real_rain:
         real = Patches(load_images(image_files(cfg.real_rain)), cfg.patch_size, seed + 1, role="rainy")
     return clean, real
+
+
+def check_data(cfg) -> None:
+    """Every folder a recipe's ``data`` section names exists and holds usable images (before any work)."""
+    folders = [f for f in cfg.backgrounds + cfg.val_backgrounds if f != "builtin"] + list(cfg.real_rain)
+    image_files(folders) if folders else None
+    for root in list(cfg.val_sets.values()) + list(cfg.leak_check):
+        paired_files(root)
+
+
+def check_writable_folder(folder: str | Path, what: str) -> None:
+    """``folder`` exists or can be made, and a file can be written in it; ``DataError`` naming it otherwise."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-check-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise DataError(f"{what} {folder}: cannot write there ({err.strerror or err}); choose another folder") from None
 
 
 def validation_sets(cfg) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

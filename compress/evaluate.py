@@ -22,7 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from compress.data import DataError, PairedImages, image_files, read_image, to_uint8
+from compress.console import cli, progress_bar
+from compress.data import DataError, PairedImages, check_writable_folder, image_files, read_image, to_uint8
 from compress.metrics import NoReference, psnr_y, ssim_y
 from drsformer import PRESETS, DRSformer, DRSformerConfig
 from drsformer.io import atomic_write, write_json
@@ -59,14 +60,6 @@ def derain(model: nn.Module, rainy: torch.Tensor, tile: int | None = None) -> to
     (``drsformer.tiling``: the same output as the whole image, with less memory)."""
     with tiled(model, tile):
         return model(rainy).clamp(0, 1)
-
-
-def progress_bar(*columns, enabled: bool = True):
-    """A rich progress bar: description, bar, done/total, ``columns``, time left; silent when not ``enabled``."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), *columns,
-                    TimeRemainingColumn(), disable=not enabled)  # fmt: skip
 
 
 def _shard(count: int, accelerator) -> range:
@@ -129,8 +122,11 @@ def score_paired(
         start = time.perf_counter()
         derained = derain(model, rainy, tile)
         seconds += time.perf_counter() - start
-        rows.append({"index": i, "name": item["name"], "psnr_y_db": psnr_y(derained, clean).item(),
-                     "ssim_y": ssim_y(derained, clean).item()})  # fmt: skip
+        try:
+            ssim = ssim_y(derained, clean).item()
+        except ValueError as err:  # too small for the SSIM window: name the image
+            raise DataError(f"{label or 'paired set'}: image {item['name']}: {err}; remove it from the set") from None
+        rows.append({"index": i, "name": item["name"], "psnr_y_db": psnr_y(derained, clean).item(), "ssim_y": ssim})
         if progress:
             progress.advance(task)
     rows, seconds = _gathered(rows, seconds, accelerator)
@@ -151,6 +147,8 @@ def score_unpaired(
     over an ``accelerator``'s processes as ``score_paired``."""
     files = image_files([folder])[:limit]
     scorer = scorer or NoReference()
+    if not files:
+        raise DataError(f"{folder}: no images to score")
     mine = _shard(len(files), accelerator)
     device = _device(model, accelerator)
     task = progress.add_task(label, total=len(mine)) if progress else None
@@ -189,6 +187,10 @@ def evaluate(
     show = show and (accelerator is None or accelerator.is_main_process)
     paired, real = paired or {}, real or {}
     datasets = {name: PairedImages(root) for name, root in paired.items()}  # layout errors before any work
+    for folder in real.values():
+        image_files([folder])  # and a bad real-rain folder too, not after the paired sets were scored
+    if limit is not None and limit < 1:
+        raise DataError(f"limit must be a positive number of images, got {limit}")
     results = {}
     with progress_bar(enabled=show) as progress:
         for name, dataset in datasets.items():
@@ -222,26 +224,35 @@ def derain_folder(
     tile: int | None = None,
     side_by_side: bool = False,
     show: bool = True,
+    overwrite: bool = False,
 ) -> list[Path]:
     """Derain every image of ``in_dir`` into ``out_dir`` under the same file name (and format; JPEG at quality 95).
 
-    ``side_by_side`` saves rainy | derained next to each other instead of the derained image alone.
+    ``side_by_side`` saves rainy | derained next to each other instead of the derained image alone. Refuses
+    (before any work) to write into ``in_dir`` itself, or over existing files unless ``overwrite``.
     """
     from PIL import Image
 
     files = image_files([in_dir])
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    targets = [out_dir / path.name for path in files]
+    if out_dir.resolve() == Path(in_dir).resolve():
+        raise DataError(f"{out_dir}: the output folder is the input folder; the derained images would replace "
+                        "the rainy originals. Choose another output folder")  # fmt: skip
+    existing = [str(t) for t in targets if t.exists()]
+    if existing and not overwrite:
+        raise DataError(f"{out_dir}: {len(existing)} output file(s) exist already ({', '.join(existing[:3])}); "
+                        "pass --overwrite to replace them or choose an empty folder")  # fmt: skip
+    check_writable_folder(out_dir, "output folder")
     written = []
     model = model.eval()
     with progress_bar(enabled=show) as progress:
         task = progress.add_task("derain", total=len(files))
-        for path in files:
+        for path, target in zip(files, targets):
             rainy = read_image(path)[None]
             derained = derain(model, rainy, tile)
             shown = torch.cat([rainy, derained], dim=-1) if side_by_side else derained
             array = to_uint8(shown[0]).permute(1, 2, 0).numpy()
-            target = out_dir / path.name
             fmt = Image.registered_extensions()[path.suffix.lower()]
             atomic_write(target, lambda p, a=array, f=fmt: Image.fromarray(a).save(p, format=f, quality=95))
             written.append(target)
@@ -261,6 +272,13 @@ def _named(items: list[str], flag: str) -> dict[str, str]:
     return out
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive number of images, got {value}")
+    return value
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -269,12 +287,13 @@ def main(argv=None) -> None:
     score.add_argument("--paired", nargs="*", default=[], help="NAME=FOLDER of a paired set (input/target layout)")
     score.add_argument("--real", nargs="*", default=[], help="NAME=FOLDER of real rainy photos (no ground truth)")
     score.add_argument("--out", type=Path, help="write the record as JSON here")
-    score.add_argument("--limit", type=int, help="only the first N images of each set")
+    score.add_argument("--limit", type=_positive, help="only the first N images of each set")
     rain = sub.add_parser("derain", help="derain a folder of images into another folder")
     rain.add_argument("model")
     rain.add_argument("in_dir", type=Path)
     rain.add_argument("out_dir", type=Path)
     rain.add_argument("--side-by-side", action="store_true", help="save rainy | derained next to each other")
+    rain.add_argument("--overwrite", action="store_true", help="replace files that exist in the output folder")
     for p in (score, rain):
         p.add_argument("--preset", default="full", choices=sorted(PRESETS), help="architecture of an official .pth")
         p.add_argument("--tile", type=int, help="run block internals on TILE x TILE tiles (less memory, same output)")
@@ -284,9 +303,12 @@ def main(argv=None) -> None:
         parser.error(f"--tile must be a positive number of pixels, got {args.tile}")
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.command == "score" and args.out:
+        check_writable_folder(args.out.parent, "--out")  # before the evaluation, not after it
     model = load_model(args.model, args.preset)
     if args.command == "derain":
-        written = derain_folder(model, args.in_dir, args.out_dir, args.tile, args.side_by_side)
+        written = derain_folder(model, args.in_dir, args.out_dir, args.tile, args.side_by_side,
+                                overwrite=args.overwrite)  # fmt: skip
         print(f"wrote {len(written)} images to {args.out_dir}")
         return
     if not args.paired and not args.real:
@@ -312,4 +334,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)

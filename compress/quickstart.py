@@ -20,12 +20,13 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
+from compress.console import cli
 from compress.data import VALIDATION_IMAGES, builtin_images, to_uint8
 from compress.plots import regenerate
 from compress.rain import add_rain
 from compress.recipe import load_recipe
 from compress.results import write_record
-from compress.run import train
+from compress.run import run_recipe
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -54,6 +55,7 @@ def main(argv=None) -> None:
     parser.add_argument("--teacher-steps", type=int, default=300)
     parser.add_argument("--student-steps", type=int, default=150)
     parser.add_argument("--rain100-images", type=int, default=5, help="images of Rain100L/H to score, if present")
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier quickstart's runs under --out")
     args = parser.parse_args(argv)
     console = Console()
     started = time.perf_counter()
@@ -76,7 +78,7 @@ def main(argv=None) -> None:
     results = args.out / "results"
     for stage, recipe in (("teacher", teacher), ("student", student)):
         console.rule(f"[bold]{stage}: {recipe.name}")
-        record = train(recipe, None, console)
+        record = run_recipe(recipe, None, console, overwrite=args.overwrite)
         model = "tiny preset" if recipe.teacher is None else "pruned from the quickstart teacher"
         record["scale"] = f"quickstart: {model}, {recipe.train.steps} steps x 4 patches of 48 px, built-in photos"
         write_record(record, results / "runs" / f"{recipe.name}.json")
@@ -87,4 +89,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)

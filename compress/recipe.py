@@ -127,6 +127,8 @@ class TeacherSpec(Strict):
     def _one(self):
         if (self.path is None) == (self.recipe is None):
             raise ValueError("give exactly one of teacher.path and teacher.recipe")
+        if self.preset not in PRESETS:
+            raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {self.preset!r}")
         return self
 
 
@@ -238,11 +240,16 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
     """Read, override (``key.sub=value``, value parsed as YAML) and validate a recipe; ``name`` defaults to the stem."""
     path = Path(path)
     try:
-        tree = yaml.safe_load(path.read_text()) or {}
+        tree = yaml.safe_load(path.read_text())
     except FileNotFoundError as err:
         raise RecipeError(f"{path}: recipe file not found") from err
+    except IsADirectoryError as err:
+        raise RecipeError(f"{path}: is a folder; give a recipe .yaml file") from err
     except yaml.YAMLError as err:
-        raise RecipeError(f"{path}: not valid YAML: {err}") from err
+        raise RecipeError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from err
+    if tree is None:
+        raise RecipeError(f"{path}: the recipe is empty; an empty recipe would train the default model for the "
+                          "official 300,000 steps. Copy one from recipes/ and edit it")  # fmt: skip
     if not isinstance(tree, dict):
         raise RecipeError(f"{path}: expected a mapping at the top level, got {type(tree).__name__}")
     tree.setdefault("name", path.stem)
@@ -250,7 +257,12 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
         key, sep, text = item.partition("=")
         if not sep or not key:
             raise RecipeError(f"--set {item!r}: expected key.path=value")
-        _set(tree, key, yaml.safe_load(text))
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise RecipeError(f"--set {item!r}: the value is not valid YAML ({str(err).splitlines()[0]}); quote "
+                              "strings and close brackets, e.g. --set 'data.backgrounds=[\"a\", \"b\"]'") from None
+        _set(tree, key, value)
     try:
         return Recipe.model_validate(tree)
     except ValidationError as err:

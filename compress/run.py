@@ -11,6 +11,7 @@ uncommitted code or ``--scratch``); a failed run writes none.
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from pathlib import Path
 
@@ -18,7 +19,8 @@ import torch
 from accelerate.utils import set_seed
 from rich.console import Console
 
-from compress.data import training_patches
+from compress.console import UserError, cli
+from compress.data import PairedImages, check_data, check_writable_folder, image_files, training_patches
 from compress.distill import Distiller, add_lora
 from compress.evaluate import evaluate, load_model
 from compress.measure import count_macs, count_params, latency_ms
@@ -26,7 +28,7 @@ from compress.plots import regenerate
 from compress.prune import prune
 from compress.recipe import DistillConfig, Recipe, load_recipe
 from compress.results import RESULTS, environment, git_state, record_path, write_record
-from compress.train import FINAL, fit_recipe, make_accelerator
+from compress.train import FINAL, claim_run_dir, fit_recipe, make_accelerator, release_run_dir
 from compress.train_teacher import train_teacher
 from drsformer import DRSformer
 
@@ -75,18 +77,44 @@ def _copy(model: DRSformer) -> DRSformer:
     return clone
 
 
-def train(
+def run_recipe(
     recipe: Recipe,
     stem: str | None,
     console: Console,
     resume: bool = False,
     scratch: bool = False,
     results: Path = RESULTS,
+    overwrite: bool = False,
 ) -> dict:
-    """Run every stage of ``recipe``; returns the record (written unless ``stem`` is None)."""
+    """Run every stage of ``recipe`` (teacher, prune, fit, evaluate, record); returns the record (written unless
+    ``stem`` is None). Inputs are checked first: data folders, teacher checkpoint, run and results folders."""
     started = time.perf_counter()
     run_dir = recipe.run_dir
     accelerator = make_accelerator(recipe.train, run_dir)
+    check_inputs(recipe, results if stem is not None else None)
+    claim_run_dir(run_dir, recipe, resume=resume, overwrite=overwrite, main_process=accelerator.is_main_process)
+    try:
+        return _run(recipe, stem, console, accelerator, started, resume, scratch, results)
+    finally:
+        release_run_dir(run_dir)
+
+
+def check_inputs(recipe: Recipe, results: Path | None) -> None:
+    """Everything a run reads or writes that can be checked before work starts."""
+    check_data(recipe.data)
+    for root in recipe.eval.paired.values():
+        PairedImages(root)  # layout and pairing errors name the folder and files
+    image_files(list(recipe.eval.real.values())) if recipe.eval.real else None
+    if recipe.teacher is not None and recipe.teacher.path is not None:
+        path = Path(recipe.teacher.path)
+        if not path.exists():
+            raise UserError(f"teacher.path: {path} does not exist; give a save_pretrained folder or an official .pth")
+    if results is not None:
+        check_writable_folder(results, "--results")
+
+
+def _run(recipe, stem, console, accelerator, started, resume, scratch, results) -> dict:
+    run_dir = recipe.run_dir
     set_seed(recipe.seed)
     teacher = load_teacher(recipe, console) if recipe.teacher is not None else None
     student, report = student_of(recipe, teacher, console)
@@ -111,6 +139,11 @@ def train(
     sets = evaluate(scored, recipe.eval.paired, recipe.eval.real, recipe.eval.tile, recipe.eval.limit,
                     accelerator=accelerator)  # fmt: skip
     final = final.cpu()
+    bad = [f"{name}.{metric}" for name, row in sets.items() for metric, value in row.items()
+           if isinstance(value, float) and not math.isfinite(value)]  # fmt: skip
+    if bad:
+        raise UserError(f"{run_dir / FINAL}: evaluation gave non-finite scores ({', '.join(bad)}): the model's output "
+                        "is not finite; no record was written. Retrain with a lower train.lr")  # fmt: skip
     record = {}
     if accelerator.is_main_process:
         env = environment()
@@ -159,10 +192,12 @@ def main(argv=None) -> None:
     parser.add_argument("--resume", action="store_true", help="continue the run's training state")
     parser.add_argument("--scratch", action="store_true", help="write the record to results/scratch/")
     parser.add_argument("--results", type=Path, default=RESULTS, help="results folder (runs/, scratch/, plots)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a run already in the run directory")
     args = parser.parse_args(argv)
     recipe = load_recipe(args.recipe, args.overrides)
-    train(recipe, recipe.stem, Console(), resume=args.resume, scratch=args.scratch, results=args.results)
+    run_recipe(recipe, recipe.stem, Console(), resume=args.resume, scratch=args.scratch, results=args.results,
+               overwrite=args.overwrite)  # fmt: skip
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)

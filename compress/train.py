@@ -27,8 +27,8 @@ from accelerate import Accelerator
 from rich.progress import TextColumn
 from torch import nn
 
-from compress.data import training_patches, validation_sets
-from compress.evaluate import progress_bar
+from compress.data import check_writable_folder, training_patches, validation_sets
+from compress.console import UserError, progress_bar
 from compress.metrics import psnr_y, ssim_y
 from drsformer.io import write_json
 
@@ -136,6 +136,97 @@ def _swap_in(tmp: Path, final: Path) -> None:
         os.replace(final, old)
     os.replace(tmp, final)
     shutil.rmtree(old, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------------ run directories
+DEFINING = ("seed", "model", "teacher", "prune", "student_init", "lora", "data")  # a resumed run keeps these
+LOCK = ".lock"
+_held_locks: dict[Path, int] = {}
+
+
+class RunDirError(UserError):
+    """A run directory that this run may not use (not writable, in use, or holding another run)."""
+
+
+def claim_run_dir(run_dir: Path, recipe, *, resume: bool, overwrite: bool, main_process: bool = True) -> None:
+    """Check and take ``run_dir`` before any work: writable, not in use by another process (a lock file with the
+    holder's PID, released when the process ends, even by kill -9), and holding no run unless ``resume``
+    (continue it; the recipe may not change what defines the model or the data) or ``overwrite`` (replace it)."""
+    run_dir = Path(run_dir)
+    if resume and overwrite:
+        raise RunDirError("--resume and --overwrite contradict each other; pick one")
+    if main_process:
+        check_writable_folder(run_dir, "the run folder (out_dir)")
+        _lock(run_dir)
+    state, final = latest_state(run_dir), run_dir / FINAL
+    if state is None and not final.exists():
+        return
+    if overwrite:
+        if main_process:
+            for name in (STATE, STATE + ".old", STATE + ".tmp", BEST, FINAL):
+                shutil.rmtree(run_dir / name, ignore_errors=True)
+            for name in (CURVE, "summary.json"):
+                (run_dir / name).unlink(missing_ok=True)
+        return
+    step = json.loads((state / "progress.json").read_text())["step"] if state else None
+    where = ("finished" if final.exists() else "stopped") + (f" at step {step}" if step is not None else "")
+    if not resume:
+        raise RunDirError(f"{run_dir} already holds a run of this recipe ({where}); continue it with --resume or "
+                          "replace it with --overwrite (or set out_dir / seed for a new one)")  # fmt: skip
+    if state is not None:
+        saved = json.loads((state / "progress.json").read_text()).get("recipe")
+        changed = _changed_keys(saved, recipe) if saved else []
+        if changed:
+            raise RunDirError(f"{run_dir}: --resume with a recipe that changes what defines the model or the data: "
+                              + ", ".join(changed[:12]) + "; undo the change, or start again with --overwrite")
+
+
+def release_run_dir(run_dir: Path) -> None:
+    fd = _held_locks.pop(Path(run_dir).resolve(), None)
+    if fd is not None:
+        os.close(fd)
+
+
+def _lock(run_dir: Path) -> None:
+    import fcntl
+
+    key = run_dir.resolve()
+    if key in _held_locks:
+        return
+    fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise RunDirError(f"{run_dir} is in use by process {holder} (another run of this recipe); wait for it to end "
+                          "or give this run another out_dir or seed") from None  # fmt: skip
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    _held_locks[key] = fd
+
+
+def _flat(tree, prefix: str = "") -> dict:
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    out = {}
+    for key, value in tree.items():
+        out.update(_flat(value, f"{prefix}.{key}" if prefix else key))
+    return out
+
+
+def _changed_keys(saved: dict, recipe) -> list[str]:
+    """Keys under ``DEFINING`` whose value differs between a saved recipe dump and ``recipe`` (fields the
+    saved dump predates count at their defaults)."""
+    from pydantic import ValidationError
+
+    try:
+        saved = type(recipe).model_validate(saved).model_dump(mode="json")
+    except ValidationError:
+        pass  # a recipe from another schema: compare what is there
+    now = recipe.model_dump(mode="json")
+    old_flat, new_flat = _flat({k: saved.get(k) for k in DEFINING}), _flat({k: now.get(k) for k in DEFINING})
+    return sorted(k for k in old_flat.keys() | new_flat.keys() if old_flat.get(k) != new_flat.get(k))
 
 
 def append_curve(run_dir: Path, point: dict) -> None:
@@ -373,6 +464,7 @@ def write_summary(summary: TrainSummary, path: Path) -> None:
 
 def fit_recipe(model: nn.Module, recipe, accelerator: Accelerator, *, distiller=None, resume: bool = False,
                show: bool = True) -> TrainSummary:  # fmt: skip
+    # the run directory was claimed (claim_run_dir) by the caller, before any other work
     """``fit()`` with everything a recipe sets (data, rain, validation, seed, run directory); the main
     process writes ``<run dir>/summary.json``."""
     summary = fit(

@@ -19,17 +19,25 @@ from pathlib import Path
 from accelerate.utils import set_seed
 
 from compress.recipe import Recipe, load_recipe
-from compress.train import FINAL, fit_recipe, make_accelerator
+from compress.console import cli
+from compress.data import check_data
+from compress.train import FINAL, claim_run_dir, fit_recipe, make_accelerator, release_run_dir
 from drsformer import DRSformer
 
 
-def train_teacher(recipe: Recipe, resume: bool = False, show: bool = True) -> Path:
+def train_teacher(recipe: Recipe, resume: bool = False, show: bool = True, overwrite: bool = False) -> Path:
     """Train ``recipe``'s model from scratch; returns the ``save_pretrained`` folder of the final teacher."""
     accelerator = make_accelerator(recipe.train, recipe.run_dir)
-    set_seed(recipe.seed)
-    summary = fit_recipe(DRSformer(recipe.model.config()), recipe, accelerator, resume=resume, show=show)
-    accelerator.print(json.dumps({k: v for k, v in asdict(summary).items() if k != "val"}, indent=1))
-    accelerator.wait_for_everyone()
+    check_data(recipe.data)
+    claim_run_dir(recipe.run_dir, recipe, resume=resume, overwrite=overwrite,
+                  main_process=accelerator.is_main_process)  # fmt: skip
+    try:
+        set_seed(recipe.seed)
+        summary = fit_recipe(DRSformer(recipe.model.config()), recipe, accelerator, resume=resume, show=show)
+        accelerator.print(json.dumps({k: v for k, v in asdict(summary).items() if k != "val"}, indent=1))
+        accelerator.wait_for_everyone()
+    finally:
+        release_run_dir(recipe.run_dir)
     return recipe.run_dir / FINAL
 
 
@@ -38,9 +46,10 @@ def main(argv=None) -> None:
     parser.add_argument("recipe", type=Path)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--resume", action="store_true", help="continue from <run dir>/state if it exists")
+    parser.add_argument("--overwrite", action="store_true", help="replace a run already in the run directory")
     args = parser.parse_args(argv)
-    train_teacher(load_recipe(args.recipe, args.overrides), resume=args.resume)
+    train_teacher(load_recipe(args.recipe, args.overrides), resume=args.resume, overwrite=args.overwrite)
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)

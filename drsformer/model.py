@@ -39,6 +39,10 @@ from torch import nn
 from .config import EXPERT_OPS, NUM_EXPERT_OPS, BlockConfig, DRSformerConfig, LevelConfig, MEFCConfig
 from .io import atomic_write
 
+class CheckpointError(ValueError, TypeError):
+    """A checkpoint file that cannot be loaded (unreadable, truncated, or not this architecture); names the file."""
+
+
 TOPK_RATIOS = ((1, 2), (2, 3), (3, 4), (4, 5))  # the four TKSA branches, as num/den
 PAD_MULTIPLE = 8  # three 2x downsamplings
 
@@ -513,7 +517,7 @@ class DRSformer(nn.Module):
             except FileNotFoundError as err:
                 raise FileNotFoundError(f"{origin}: no such checkpoint file") from err
             except Exception as err:  # the unpickler raises several types: name the file and the cause
-                raise ValueError(
+                raise CheckpointError(
                     f"{origin}: cannot be read as a weights-only checkpoint ({type(err).__name__}: {err}). "
                     "Only tensors and plain containers are accepted; re-save the state dict with torch.save."
                 ) from err
@@ -543,20 +547,26 @@ class DRSformer(nn.Module):
             if not (model_dir / name).is_file():
                 raise FileNotFoundError(f"{model_dir}: missing {name}; expected a directory written by save_pretrained")
         model = cls(DRSformerConfig.from_json(model_dir / "config.json"))
-        load_strict(model, load_file(str(model_dir / "model.safetensors")), origin=str(model_dir / "model.safetensors"))
+        weights = model_dir / "model.safetensors"
+        try:
+            state = load_file(str(weights))
+        except Exception as err:  # safetensors raises its own error type for truncated or corrupt files
+            raise CheckpointError(f"{weights}: not a readable safetensors file ({err}); the file is damaged or "
+                                  "was cut short: save the model again (save_pretrained)") from err  # fmt: skip
+        load_strict(model, state, origin=str(weights))
         return model
 
 
 def unwrap_state_dict(obj, name: str = "checkpoint") -> dict[str, torch.Tensor]:
     """The state dict inside an official checkpoint: ``params``/``params_ema``/``state_dict`` or bare."""
     if not isinstance(obj, dict):
-        raise TypeError(f"{name}: expected a dict of tensors, got {type(obj).__name__}")
+        raise CheckpointError(f"{name}: expected a dict of tensors, got {type(obj).__name__}")
     for key in ("params", "params_ema", "state_dict"):
         if key in obj and isinstance(obj[key], dict):
             return obj[key]
     if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
         return obj
-    raise TypeError(f"{name}: no state dict found (keys: {sorted(obj)[:8]}); expected 'params' or tensors")
+    raise CheckpointError(f"{name}: no state dict found (keys: {sorted(obj)[:8]}); expected 'params' or tensors")
 
 
 def load_strict(model: nn.Module, state: dict[str, torch.Tensor], origin: str) -> None:
@@ -575,7 +585,7 @@ def load_strict(model: nn.Module, state: dict[str, torch.Tensor], origin: str) -
             if keys:
                 lines.append(f"  {title} ({len(keys)}): " + ", ".join(keys[:20]) + (" ..." if len(keys) > 20 else ""))
         lines.append("  Is the config right? e.g. mefc=False for the Rain200L/SPA checkpoints, or dim/blocks/heads.")
-        raise ValueError("\n".join(lines))
+        raise CheckpointError("\n".join(lines))
     model.load_state_dict(state, strict=True)
 
 
