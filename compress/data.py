@@ -164,7 +164,7 @@ def assert_disjoint(train: list[torch.Tensor], train_names: list[str], test_root
     Compares 16x16 luma thumbnails of every training image with every test target of the same size
     (mean absolute difference < 0.01 counts as the same photo).
     """
-    targets = [(clean, read_image(clean)) for root in test_roots for _, clean in paired_files(root)]
+    targets = [(f"{root}: {item['name']}", item["clean"]) for root in test_roots for item in PairedImages(root)]
     for img, name in zip(train, train_names):
         fp = _fingerprint(img)
         for path, target in targets:
@@ -254,11 +254,16 @@ class PairedImages(torch.utils.data.Dataset):
     columns ``rainy_column`` and ``clean_column`` (``hf_pairs`` builds one from a folder).
     """
 
-    def __init__(self, source, rainy_column: str = "rainy", clean_column: str = "clean"):
+    def __init__(self, source, rainy_column: str = "rainy", clean_column: str = "clean", layout: str = "auto",
+                 rainy_side: str = "left"):  # fmt: skip
+        if not isinstance(source, (str, Path)) and hasattr(source, "root"):  # a recipe's {root, layout, rainy_side}
+            source, layout, rainy_side = source.root, source.layout, source.rainy_side
         self.hf = None if isinstance(source, (str, Path)) else source
         if self.hf is None:
-            self.pairs = paired_files(source)
-            self.names = [rainy.name for rainy, _ in self.pairs]
+            from compress.sources import FilePairs
+
+            self.files = FilePairs(source, layout, rainy_side, cache="disk")  # layout, pairing and sizes checked
+            self.names = [Path(item if isinstance(item, (str, Path)) else item[0]).name for item in self.files.items]
         else:
             missing = [c for c in (rainy_column, clean_column) if c not in self.hf.column_names]
             if missing:
@@ -271,7 +276,7 @@ class PairedImages(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict:
         if self.hf is None:
-            rainy, clean = read_pair(*self.pairs[index])
+            rainy, clean = (t.float() / 255 for t in self.files[index])
         else:
             row = self.hf[index]
             rainy, clean = (torch.from_numpy(_to_rgb_array(row[c])).permute(2, 0, 1) for c in self.columns)
@@ -311,27 +316,30 @@ VALIDATION_IMAGES = ("chelsea.png",)  # the built-in photo held out of training
 TRAIN_IMAGES = tuple(n for n in BUILTIN_IMAGES if n not in VALIDATION_IMAGES)
 
 
-def training_patches(cfg, seed: int) -> tuple[Patches, Patches | None]:
-    """Synthetic (rainy, clean) patches on clean backgrounds and, if asked, real-rain patches.
+def training_patches(cfg, seed: int) -> tuple[torch.utils.data.Dataset, Patches | None]:
+    """(rainy, clean) training patches from the recipe's ``data`` sources (``compress.sources``) and, if
+    asked, real-rain patches without ground truth. Training images are checked against ``cfg.leak_check``."""
+    from compress.sources import training_pairs
 
-    ``cfg`` is a recipe's ``DataConfig``. Backgrounds are checked against ``cfg.leak_check`` test sets.
-    """
-    images, names = _backgrounds(cfg.backgrounds, TRAIN_IMAGES)
-    if cfg.leak_check:
-        assert_disjoint(images, names, cfg.leak_check)
-    clean = Patches(images, cfg.patch_size, seed, role="clean", heaviness=cfg.heaviness)
     real = None
     if cfg.real_rain:
         real = Patches(load_images(image_files(cfg.real_rain)), cfg.patch_size, seed + 1, role="rainy")
-    return clean, real
+    return training_pairs(cfg, seed), real
 
 
 def check_data(cfg) -> None:
-    """Every folder a recipe's ``data`` section names exists and holds usable images (before any work)."""
-    folders = [f for f in cfg.backgrounds + cfg.val_backgrounds if f != "builtin"] + list(cfg.real_rain)
+    """Every folder a recipe's ``data`` section names exists and holds usable images, and every paired
+    training source opens (its layout and pairing checked), before any work."""
+    from compress.sources import pair_layout
+
+    for source in cfg.training_sources():  # the training data first
+        if source.kind == "paired":
+            pair_layout(source.root, source.layout)
+    synthetic = [f for s in cfg.training_sources() if s.kind == "synthetic" for f in s.backgrounds]
+    folders = [f for f in synthetic + cfg.val_backgrounds if f != "builtin"] + list(cfg.real_rain)
     image_files(folders) if folders else None
     for root in list(cfg.val_sets.values()) + list(cfg.leak_check):
-        paired_files(root)
+        PairedImages(root)
 
 
 def check_writable_folder(folder: str | Path, what: str) -> None:
@@ -367,6 +375,7 @@ def validation_sets(cfg) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
             rainy = add_rain(clean, heaviness, torch.Generator().manual_seed(12345))
             sets[f"synthetic_{label}"] = (rainy, clean)
     for name, root in cfg.val_sets.items():
-        pairs = [read_pair(*p) for p in paired_files(root)[:8]]
+        images = PairedImages(root)
+        pairs = [(item["rainy"], item["clean"]) for item in map(images.__getitem__, range(min(8, len(images))))]
         sets[name] = tuple(torch.stack([centre(t) for t in ts]) for ts in zip(*pairs))
     return sets

@@ -11,7 +11,7 @@ Why pydantic and not dataclasses: typed paths in errors and tagged unions come f
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -53,8 +53,69 @@ class ModelSpec(Strict):
         )
 
 
+class PairedSet(Strict):
+    """A paired test or validation set in any layout (``PairedSource``'s); a plain string is its root, auto layout."""
+
+    root: str
+    layout: Literal["auto", "input_target", "jorder", "ddn", "side_by_side", "list"] = "auto"
+    rainy_side: Literal["left", "right"] = "left"
+
+
+PairedRef = str | PairedSet
+
+
+class SyntheticSource(Strict):
+    """Synthetic rain (``compress.rain``) on clean backgrounds, drawn per patch."""
+
+    kind: Literal["synthetic"]
+    backgrounds: list[str] = ["builtin"]
+    heaviness: tuple[float, float] = (0.0, 1.0)
+    weight: float = Field(1.0, ge=0)
+
+    @model_validator(mode="after")
+    def _check(self):
+        lo, hi = self.heaviness
+        if not 0 <= lo <= hi <= 1:
+            raise ValueError(f"heaviness must be [lo, hi] with 0 <= lo <= hi <= 1, got {list(self.heaviness)}")
+        return self
+
+
+class PairedSource(Strict):
+    """A paired training set on disk in the layout its release ships in (``compress.data.pair_layout``):
+    ``input_target`` (input/ + target/, same names: DRSformer, Restormer), ``jorder`` (rain/ or rain/X2/ +
+    norain/: ``norain-12x2.png`` or ``rain-12.png`` for ``norain-12.png``; Rain100/Rain200), ``ddn``
+    (rainy_image/12_3.jpg for ground_truth/12.jpg), ``side_by_side`` (each file rainy | clean; DID-MDN),
+    ``list`` (a text file of ``rainy clean`` paths, one pair a line; SPA-Data), or ``auto`` (the folder's
+    subfolders tell)."""
+
+    kind: Literal["paired"]
+    root: str  # the set's folder, or the list file for layout "list"
+    layout: Literal["auto", "input_target", "jorder", "ddn", "side_by_side", "list"] = "auto"
+    rainy_side: Literal["left", "right"] = "left"  # side_by_side: which half is the rainy image
+    weight: float = Field(1.0, ge=0)
+    cache: Literal["auto", "ram", "disk"] = "auto"  # auto: in RAM when the decoded set is under cache_mb
+    cache_mb: int = Field(2048, ge=0)
+
+
+class HFSource(Strict):
+    """A Hugging Face ``datasets`` dataset saved on disk (``save_to_disk``), rows read lazily."""
+
+    kind: Literal["hf"]
+    path: str
+    split: str | None = None  # for a DatasetDict
+    rainy_column: str = "rainy"
+    clean_column: str = "clean"
+    weight: float = Field(1.0, ge=0)
+
+
+Source = Annotated[SyntheticSource | PairedSource | HFSource, Field(discriminator="kind")]
+
+
 class DataConfig(Strict):
-    """Training patches: clean backgrounds with synthetic rain made on the fly, optional real rain."""
+    """Training patches: ``sources`` mixed by weight (paired sets, HF datasets, synthetic rain), or by default
+    synthetic rain on ``backgrounds``; optional real rain without ground truth for students."""
+
+    sources: list[Source] = []  # empty: one synthetic source from backgrounds + heaviness below
 
     backgrounds: list[str] = ["builtin"]  # folders of clean photos; "builtin" = scikit-image's bundled photos
     patch_size: int = Field(128, ge=16)
@@ -62,9 +123,9 @@ class DataConfig(Strict):
     real_rain: list[str] = []  # folders of rainy photos without ground truth (distillation targets only)
     real_rain_fraction: float = Field(0.0, ge=0.0, lt=1.0)  # share of each batch drawn from real_rain
     val_backgrounds: list[str] = ["builtin"]  # held-out clean photos, rained at heaviness 0 and 1 for validation
-    val_sets: dict[str, str] = {}  # extra paired folders for validation (input/target layout)
+    val_sets: dict[str, PairedRef] = {}  # paired sets for validation (their first 8 images, centre-cropped)
     val_size: int = Field(256, ge=32)  # validation images are centre-cropped to this (cheap, same every time)
-    leak_check: list[str] = []  # paired test sets whose targets must not be training backgrounds
+    leak_check: list[PairedRef] = []  # paired test sets whose targets must not be training images
     workers: int = Field(0, ge=0)
 
     @model_validator(mode="after")
@@ -74,7 +135,15 @@ class DataConfig(Strict):
             raise ValueError(f"heaviness must be [lo, hi] with 0 <= lo <= hi <= 1, got {list(self.heaviness)}")
         if self.real_rain_fraction > 0 and not self.real_rain:
             raise ValueError("real_rain_fraction > 0 needs real_rain folders")
+        if self.sources and sum(s.weight for s in self.sources) <= 0:
+            raise ValueError("sources: every weight is 0; give at least one source a positive weight")
         return self
+
+    def training_sources(self) -> list:
+        """The sources to train on: ``sources``, or the synthetic source that ``backgrounds`` describes."""
+        if self.sources:
+            return [s for s in self.sources if s.weight > 0]
+        return [SyntheticSource(kind="synthetic", backgrounds=self.backgrounds, heaviness=self.heaviness)]
 
 
 class TrainConfig(Strict):
@@ -108,12 +177,13 @@ class TrainConfig(Strict):
 
 
 class EvalConfig(Strict):
-    paired: dict[str, str] = {}  # name -> paired folder, scored with PSNR/SSIM (Y)
+    paired: dict[str, PairedRef] = {}  # name -> paired set, scored with PSNR/SSIM (Y)
     real: dict[str, str] = {}  # name -> folder of real rainy photos, scored with NIQE/BRISQUE
     limit: int | None = Field(None, ge=1)  # first N images per set (quick runs)
     tile: int | None = Field(None, ge=32)
     latency_size: int = Field(256, ge=32)  # CPU latency is measured at this square size
     latency_repeats: int = Field(3, ge=1)
+    published: dict[str, dict[str, float]] = {}  # set -> the paper's {psnr_y_db, ssim_y}, shown beside the run's
 
 
 class TeacherSpec(Strict):

@@ -99,6 +99,17 @@ def run_recipe(
         release_run_dir(run_dir)
 
 
+def describe_sources(data) -> str:
+    sources, parts = data.training_sources(), []
+    for s in sources:
+        if s.kind == "synthetic":
+            what = "synthetic rain on " + ", ".join(s.backgrounds)
+        else:
+            what = f"pairs from {s.root if s.kind == 'paired' else s.path}"
+        parts.append(what + (f" (weight {s.weight:g})" if len(sources) > 1 else ""))
+    return "; ".join(parts)
+
+
 def check_inputs(recipe: Recipe, results: Path | None) -> None:
     """Everything a run reads or writes that can be checked before work starts."""
     check_data(recipe.data)
@@ -160,6 +171,7 @@ def _run(recipe, stem, console, accelerator, started, resume, scratch, results) 
             "latency_size": recipe.eval.latency_size,
             "checkpoint_bytes": (run_dir / FINAL / "model.safetensors").stat().st_size,
             "sets": sets,
+            "published": recipe.eval.published,  # the paper's figures for these sets, if the recipe carries them
             "train": {
                 "steps": summary.steps,
                 "seconds": summary.seconds,
@@ -170,8 +182,8 @@ def _run(recipe, stem, console, accelerator, started, resume, scratch, results) 
             },  # fmt: skip
             "prune": None if report is None else report.rows(),
             "scale": f"{recipe.model.preset if recipe.teacher is None else 'student'}; {summary.steps} steps x "
-            f"{recipe.train.batch_size} patches of {recipe.data.patch_size}px; synthetic rain on "
-            f"{', '.join(recipe.data.backgrounds)}; {env['device']}",
+            f"{recipe.train.batch_size} patches of {recipe.data.patch_size}px; {describe_sources(recipe.data)}; "
+            f"{env['device']}",
             "status": "ok",
             "total_seconds": time.perf_counter() - started,
         }

@@ -1,5 +1,6 @@
 """Two real gloo CPU processes under ``accelerate launch``: a distillation run (adapters, attention maps, LoRA,
-width pruning) stays bit-identical across ranks and writes one record; gradient accumulation and processes
+width pruning; synthetic, paired and real unlabelled patches mixed) stays bit-identical across ranks and writes
+one record; gradient accumulation and processes
 split a batch without changing the result."""
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ teacher: {{path: "{teacher}"}}
 prune: {{criterion: "l1", ratios: {{head_channels: 0.5, ffn: 0.5, width: 0.25}}}}
 distill: {{feature_weight: 0.5, attention_weight: 0.1, taps: ["encoder_level1", "latent", "decoder_level1"]}}
 lora: {{rank: 2, targets: ["attn.qkv"]}}
-data: {{backgrounds: ["builtin"], patch_size: 32, val_size: 32}}
+data: {{sources: [{{kind: synthetic, backgrounds: ["builtin"]}}, {{kind: paired, root: "{rain100H}"}}], patch_size: 32,
+        val_size: 32, real_rain: ["{real}"], real_rain_fraction: 0.25}}
 train: {{steps: 3, batch_size: 4, lr: 1.0e-3, lr_hold_steps: 1, eval_every: 3, save_every: 3, log_every: 1}}
 eval: {{paired: {{rain100L: "{rain100L}"}}, limit: 3, latency_size: 32, latency_repeats: 1}}
 out_dir: "{out}"
@@ -51,7 +53,8 @@ def distilled(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     DRSformer(DRSformerConfig.preset("tiny")).save_pretrained(tmp / "teacher")
     recipe = tmp / "student_ddp.yaml"
-    recipe.write_text(DISTILL.format(teacher=tmp / "teacher", rain100L=RAIN100L, out=tmp / "runs"))
+    recipe.write_text(DISTILL.format(teacher=tmp / "teacher", rain100L=RAIN100L, rain100H=RAIN100L.parent / "rain100H",
+                                     real=RAIN100L.parent / "real_rain" / "sirr147", out=tmp / "runs"))  # fmt: skip
     launch(tmp, "run.py", str(recipe), "--results", str(tmp / "results"))
     return tmp
 
