@@ -38,14 +38,18 @@ class Identity(nn.Module):
 
 
 def load_model(spec: str | Path, preset: str = "full") -> nn.Module:
-    """A model from a ``save_pretrained`` folder, an official ``.pth`` (architecture ``preset``), ``identity``
-    or ``random:PRESET``."""
+    """A model from a ``save_pretrained`` folder, an official ``.pth`` (architecture ``preset``), an exported
+    ``.onnx`` / OpenVINO ``.xml`` (``compress.export``), ``identity`` or ``random:PRESET``."""
     if str(spec) == "identity":
         return Identity()
     if str(spec).startswith("random:"):  # memory and speed checks of an architecture without weights
         torch.manual_seed(0)
         return DRSformer(DRSformerConfig.preset(str(spec).removeprefix("random:")))
     path = Path(spec)
+    if path.suffix in (".onnx", ".xml"):  # an exported artefact, run in its runtime (compress.export)
+        from compress.export import DeployedModel
+
+        return DeployedModel(path)
     if path.is_dir():
         return DRSformer.from_pretrained(path)
     if path.is_file():

@@ -132,7 +132,8 @@ class LayerNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.permute(0, 2, 3, 1)  # (b, h, w, c)
         if self.body.bias is not None:
-            y = F.layer_norm(x, x.shape[-1:], self.body.weight, self.body.bias, eps=1e-5)
+            # the width from the weight, not from x: a constant in a traced (ONNX) graph
+            y = F.layer_norm(x, self.body.weight.shape, self.body.weight, self.body.bias, eps=1e-5)
         else:
             # BiasFree: x / sqrt(var(x) + eps) * w, with the variance about the mean but no centring.
             var = x.var(-1, keepdim=True, unbiased=False)
@@ -230,6 +231,8 @@ class FeedForward(nn.Module):
         self.project_out = nn.Conv2d(h2, dim, kernel_size=1, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_tracing():  # export (torch.onnx): the weight slices below would be graph inputs to Conv
+            return self.literal(x)
         h = self.hidden
         x = self.project_in(x)
         y3 = F.relu(depthwise(x, self.dwconv3x3), inplace=True)
@@ -239,6 +242,16 @@ class FeedForward(nn.Module):
         out = _pair_branch(y3[:, :h], y5[:, :h], self.dwconv3x3_1, w[:, :h])
         out = out + _pair_branch(y3[:, h:], y5[:, h:], self.dwconv5x5_1, w[:, h:])
         return out if bias is None else out + bias[:, None, None]
+
+
+    def literal(self, x: torch.Tensor) -> torch.Tensor:
+        """The official formulation (grouped convs on concatenations): what an exported graph runs."""
+        x = self.project_in(x)
+        x1_3, x2_3 = F.relu(self.dwconv3x3(x)).chunk(2, dim=1)
+        x1_5, x2_5 = F.relu(self.dwconv5x5(x)).chunk(2, dim=1)
+        x1 = F.relu(self.dwconv3x3_1(torch.cat([x1_3, x1_5], dim=1)))
+        x2 = F.relu(self.dwconv5x5_1(torch.cat([x2_3, x2_5], dim=1)))
+        return self.project_out(torch.cat([x1, x2], dim=1))
 
 
 def _pair_branch(a: torch.Tensor, b: torch.Tensor, conv: nn.Conv2d, w_out: torch.Tensor) -> torch.Tensor:
@@ -352,7 +365,9 @@ class ExpertStep(nn.Module):
         kept = weights.index_select(1, self.op_columns)  # (b, n)
         weight = blocks.reshape(1, c, n, c) * kept.reshape(b, 1, n, 1)
         experts = torch.cat(features, 1)  # (b, n*c, h, w)
-        out = F.conv2d(experts.reshape(1, b * n * c, h, w), weight.reshape(b * c, n * c, 1, 1), groups=b)
+        # a per-sample 1x1 conv as one batched matmul (a GEMM like the conv; exports to ONNX, whose Conv needs a
+        # kernel of known shape)
+        out = torch.bmm(weight.reshape(b, c, n * c), experts.reshape(b, n * c, h * w))
         return F.relu(out.reshape(b, c, h, w), inplace=True)
 
 
@@ -436,6 +451,8 @@ def pad_to_multiple(x: torch.Tensor, multiple: int = PAD_MULTIPLE) -> torch.Tens
     enough (as the official test script pads), else replicated."""
     h, w = x.shape[-2:]
     pad_h, pad_w = -h % multiple, -w % multiple
+    if torch.jit.is_tracing():  # an exported graph pads every input size (reflect: images of 8 pixels or more)
+        return F.pad(x, (0, pad_w, 0, pad_h), mode="reflect")
     if not (pad_h or pad_w):
         return x
     mode = "reflect" if pad_h < h and pad_w < w else "replicate"

@@ -142,7 +142,7 @@ def test_bad_source_settings_are_refused(tmp_path):
     recipe.write_text("data: {sources: [{kind: paired, root: x, weight: -1}]}\n")
     with pytest.raises(RecipeError, match="weight: Input should be greater than or equal to 0"):
         load_recipe(recipe)
-    with pytest.raises(DataError, match="not found; download the set there"):
+    with pytest.raises(DataError, match="Rain200H: not found; put the data set there"):
         training_pairs(DataConfig(sources=[{"kind": "paired", "root": str(tmp_path / "Rain200H")}]), 0)
 
 

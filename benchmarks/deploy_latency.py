@@ -1,0 +1,140 @@
+"""Deployed latency: teacher and pruned students side by side in one process, on every backend and precision.
+
+    python -m benchmarks.deploy_latency [--teacher results/teacher_tiny | --preset full] [--sizes 256 512]
+        [--targets 0.5 0.25] [--repeats 3] [--limit 5] [--out results/bench/deploy_latency.json]
+
+Models: the teacher (a ``save_pretrained`` folder, or ``--preset`` with seeded random weights), students
+pruned from it to each ``--targets`` share of its MACs (head channels, MSFN width, experts, residual width;
+L1, untrained: latency does not depend on the weights, and each backend's PSNR is compared with the same
+model's eager PSNR), and the official graph (``tests/literal_drsformer.py``, same weights as the teacher).
+Backends: eager fp32, eager bf16 autocast, ONNX Runtime fp32, OpenVINO fp32 and bf16 (and int8 with
+``--int8``), all on ``--threads`` threads (2). Medians of ``--repeats`` runs after one warm-up. PSNR: the
+first ``--limit`` Rain100L images with each backend, when ``../shared/data`` is there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from compress.evaluate import load_model
+from compress.export import DeployedModel, export_onnx, export_openvino
+from compress.measure import count_macs
+from compress.prune import prune
+from drsformer import DRSformer, DRSformerConfig
+from drsformer.io import write_json
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+class _Autocast(torch.nn.Module):
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return self.model(x).float()
+
+
+def median_s(model, size: int, repeats: int) -> float:
+    x = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        model(x)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            model(x)
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def psnr(model, limit: int) -> float | None:
+    if not (SHARED / "rain100L").is_dir() or limit == 0:
+        return None
+    from compress.evaluate import evaluate
+
+    return evaluate(model, {"rain100L": str(SHARED / "rain100L")}, limit=limit, show=False)["rain100L"]["psnr_y_db"]
+
+
+def literal_of(teacher: DRSformer) -> torch.nn.Module:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tests.literal_drsformer import LiteralDRSformer
+
+    cfg = teacher.config
+    uniform = dict(dim=cfg.levels[0].width, num_blocks=[len(lv.blocks) for lv in cfg.levels[:4]],
+                   heads=[lv.blocks[0].heads for lv in cfg.levels[:4]], mefc=cfg.mefc)  # fmt: skip
+    literal = LiteralDRSformer(**uniform).eval()
+    literal.load_state_dict(teacher.state_dict(), strict=True)
+    return literal
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--teacher", help="save_pretrained folder (default: --preset with random weights)")
+    parser.add_argument("--preset", default="full")
+    parser.add_argument("--targets", type=float, nargs="*", default=[0.5, 0.25])
+    parser.add_argument("--sizes", type=int, nargs="*", default=[256, 512])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--limit", type=int, default=5, help="Rain100L images for each backend's PSNR")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--int8", action="store_true", help="also OpenVINO int8 (NNCF, synthetic calibration)")
+    parser.add_argument("--out", type=Path, default=Path("results/bench/deploy_latency.json"))
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    teacher = (load_model(args.teacher) if args.teacher else DRSformer(DRSformerConfig.preset(args.preset))).eval()
+    models = {"teacher": teacher}
+    for target in args.targets:
+        units = ["head_channels", "ffn", "experts", "width"]
+        models[f"student{round(target * 100)}"] = prune(teacher, units, "l1", target_macs=target, max_ratio=0.75)[0]
+    official = literal_of(teacher)
+    record = {
+        "command": " ".join(["python -m benchmarks.deploy_latency", *(argv if argv is not None else sys.argv[1:])]),
+        "machine": f"{platform.processor() or 'cpu'}, {os.cpu_count()} logical CPUs, {args.threads} threads",
+        "teacher": args.teacher or f"random:{args.preset}",
+        "scale": f"medians of {args.repeats} forwards of one square image after a warm-up; PSNR on the first "
+                 f"{args.limit} Rain100L images; students pruned without training",
+        "gmacs_256": {name: count_macs(m.config, 256, 256) / 1e9 for name, m in models.items()},
+        "seconds": {}, "psnr_y_db": {},
+    }  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        backends = {}
+        for name, model in [*models.items(), ("official_graph", official)]:
+            backends[(name, "eager_fp32")] = model
+            backends[(name, "eager_bf16")] = _Autocast(model)
+            size = (64, 64) if name == "official_graph" else (61, 75)  # the official forward needs multiples of 8
+            onnx = export_onnx(model, Path(tmp) / f"{name}.onnx", size)
+            backends[(name, "onnxruntime_fp32")] = DeployedModel(onnx, threads=args.threads)
+            xml = export_openvino(model, Path(tmp) / f"{name}.xml", "fp32", size=size)
+            backends[(name, "openvino_fp32")] = DeployedModel(xml, "fp32", threads=args.threads)
+            backends[(name, "openvino_bf16")] = DeployedModel(xml, "bf16", threads=args.threads)
+            if args.int8:
+                from compress.export import calibration_patches
+
+                q = export_openvino(model, Path(tmp) / f"{name}_int8.xml", "int8", calibration_patches(None), size)
+                backends[(name, "openvino_int8")] = DeployedModel(q, "int8", threads=args.threads)
+            print(f"exported {name}", flush=True)
+        for size in args.sizes:  # every backend of every model, round after round, in one process
+            for (name, backend), model in backends.items():
+                record["seconds"].setdefault(str(size), {}).setdefault(name, {})[backend] = median_s(
+                    model, size, args.repeats)  # fmt: skip
+                print(size, name, backend, f"{record['seconds'][str(size)][name][backend]:.3f} s", flush=True)
+            write_json(args.out, record)
+        for (name, backend), model in backends.items():
+            if name != "official_graph":  # the official forward needs sizes divisible by 8 (Rain100 is not)
+                record["psnr_y_db"].setdefault(name, {})[backend] = psnr(model, args.limit)
+    write_json(args.out, record)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""Export to ONNX and OpenVINO: dynamic sizes, outputs checked against PyTorch, evaluation of the artefact."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from compress import evaluate
+from compress.console import UserError
+from compress.export import DeployedModel, export
+from drsformer import DRSformer, DRSformerConfig
+
+pytest.importorskip("onnxruntime")
+ROOT = Path(__file__).resolve().parents[1]
+RAIN100L = ROOT.parent / "shared" / "data" / "rain100L"
+
+
+@pytest.fixture(scope="module")
+def student():
+    torch.manual_seed(0)
+    config = DRSformerConfig.preset("tiny")
+    from compress.prune import prune
+
+    pruned, _ = prune(DRSformer(config), ["head_channels", "ffn", "experts", "width"], "l1", target_macs=0.5)
+    return pruned.eval()
+
+
+@pytest.mark.skipif(not RAIN100L.is_dir(), reason="../shared/data is not there")
+def test_onnx_export_of_a_pruned_student_matches_pytorch_at_any_size(tmp_path, student):
+    record = export(student, "onnx", tmp_path / "s.onnx", checks={"rain100L": str(RAIN100L)}, limit=2)
+    row = record["checks"]["rain100L"]
+    assert row["images"] == 2 and row["max_abs_difference"] < 1e-5 and abs(row["psnr_difference_db"]) < 1e-3
+    assert json.loads((tmp_path / "s.check.json").read_text())["kept"]
+    deployed = DeployedModel(tmp_path / "s.onnx")
+    for size in ((37, 50), (64, 64), (9, 100)):  # dynamic height and width, padding inside the graph
+        x = torch.rand(1, 3, *size)
+        with torch.no_grad():
+            torch.testing.assert_close(deployed(x), student(x), rtol=0, atol=1e-5)
+    scored = evaluate.evaluate(evaluate.load_model(tmp_path / "s.onnx"), {"rain100L": str(RAIN100L)}, limit=2,
+                               show=False)  # fmt: skip
+    assert scored["rain100L"]["psnr_y_db"] == pytest.approx(row["deployed_psnr_y_db"], abs=1e-6)
+
+
+def test_openvino_fp32_and_bf16(tmp_path, student):
+    pytest.importorskip("openvino")
+    x = torch.rand(1, 3, 40, 56)
+    with torch.no_grad():
+        ref = student(x)
+    for precision, tol in (("fp32", 1e-5), ("bf16", 0.1)):
+        export(student, "openvino", tmp_path / f"s_{precision}.xml", precision)
+        deployed = DeployedModel(tmp_path / f"s_{precision}.xml")
+        assert deployed.precision == precision and (tmp_path / f"s_{precision}.bin").is_file()
+        assert (deployed(x) - ref).abs().max().item() < tol
+
+
+def test_int8_that_misses_the_budget_is_not_kept(tmp_path, student, monkeypatch):
+    pytest.importorskip("nncf")
+    import compress.export as export_module
+
+    fake = {"s": {"psnr_difference_db": -0.3}}
+    monkeypatch.setattr(export_module, "check", lambda *a, **k: fake)
+    with pytest.raises(UserError, match=r"int8 costs 0.300 dB .*budget 0.1 dB.*not kept"):
+        export(student, "openvino", tmp_path / "q.xml", "int8", checks={"s": "x"})
+    assert not (tmp_path / "q.xml").exists() and not (tmp_path / "q.bin").exists()
+    assert json.loads((tmp_path / "q.check.json").read_text())["kept"] is False
+    with pytest.raises(UserError, match="use --to openvino for bf16 and int8"):
+        export(student, "onnx", tmp_path / "q.onnx", "int8")
