@@ -20,7 +20,8 @@ from compress.results import git_state, pareto_front
 from drsformer import STAGES, DRSformer, DRSformerConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-BENCHMARK_TEACHERS = {"teacher_full", "teacher_rain200h", "teacher_rain200l", "teacher_did", "teacher_ddn", "teacher_spa"}
+BENCHMARK_TEACHERS = {"teacher_full", "teacher_rain200h", "teacher_rain200l", "teacher_did", "teacher_ddn",
+                      "teacher_spa"}
 # the paper-scale teachers need their data sets: tests/test_sources.py trains each on a tiny set in its layout
 RECIPES = sorted(p for p in (ROOT / "recipes").glob("*.yaml") if p.stem not in BENCHMARK_TEACHERS)
 TINY_SCALE = [

@@ -138,3 +138,18 @@ def test_compiled_training_matches_eager(tmp_path):
     assert weights["eager"].keys() == weights["compiled"].keys()
     for name, ref in weights["eager"].items():
         torch.testing.assert_close(weights["compiled"][name], ref, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_learning_curve_plateau_needs_every_set_flat_over_half_again_the_steps():
+    from benchmarks.learning_curve import plateau
+
+    def point(step, a, b):
+        return {"step": step, "val": {"a": {"psnr_y_db": a}, "b": {"psnr_y_db": b}}}
+
+    curve = [point(500, 20.0, 25.0), point(1000, 21.0, 26.0), point(1500, 21.05, 26.5), point(2000, 21.1, 26.55),
+             point(3000, 21.12, 26.58)]  # fmt: skip
+    verdict = plateau(curve)
+    assert [c["from"] for c in verdict["checks"]] == [500, 1000, 1500, 2000]
+    assert [c["plateau"] for c in verdict["checks"]] == [False, False, True, True]  # 1000 -> 1500: b gains 0.5
+    assert verdict["plateau_at"] == 1500
+    assert plateau(curve[:2])["plateau_at"] is None

@@ -1,0 +1,65 @@
+"""A run's learning curve (``<run>/curve.json``, written by ``fit()`` at every validation) as a plot and a
+plateau verdict: the run has plateaued at step s when the 50% more steps up to 1.5 s added less than
+``--tolerance`` dB (0.1) on every validation set.
+
+    python -m benchmarks.learning_curve runs/teacher_study [--out results/teacher_study]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from drsformer.io import atomic_write, write_json
+
+
+def plateau(points: list[dict], tolerance: float = 0.1) -> dict:
+    """Per validation step s that has a point at or after 1.5 s: the largest gain of any set from s to there."""
+    checks = []
+    for p in points:
+        later = [q for q in points if q["step"] >= 1.5 * p["step"]]
+        if not later:
+            continue
+        q = later[0]
+        gains = {k: q["val"][k]["psnr_y_db"] - v["psnr_y_db"] for k, v in p["val"].items() if k in q["val"]}
+        checks.append({"from": p["step"], "to": q["step"], "gain_db": gains,
+                       "plateau": max(gains.values()) < tolerance})  # fmt: skip
+    first = next((c for c in checks if c["plateau"]), None)
+    return {"tolerance_db": tolerance, "checks": checks, "plateau_at": first["from"] if first else None}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("run", type=Path)
+    parser.add_argument("--out", type=Path, help="folder for curve.json, curve.png and plateau.json (default: run)")
+    parser.add_argument("--tolerance", type=float, default=0.1)
+    args = parser.parse_args(argv)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = json.loads((args.run / "curve.json").read_text())
+    out = args.out or args.run
+    verdict = plateau(points, args.tolerance)
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for name in points[0]["val"]:
+        ax.plot([p["step"] for p in points], [p["val"][name]["psnr_y_db"] for p in points], marker="o", label=name)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("PSNR (Y, dB), validation crops")
+    state = f"plateau at step {verdict['plateau_at']}" if verdict["plateau_at"] else "no plateau yet"
+    ax.set_title(f"{args.run.name}: {len(points)} validations, last at step {points[-1]['step']}; {state}")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / "curve.png", lambda p: fig.savefig(p, dpi=110, format="png"))
+    if out != args.run:
+        write_json(out / "curve.json", points)
+    write_json(out / "plateau.json", verdict)
+    print(json.dumps({k: v for k, v in verdict.items() if k != "checks"}), f"-> {out}")
+
+
+if __name__ == "__main__":
+    main()
