@@ -17,7 +17,7 @@ import torch
 from drsformer.io import write_json
 
 RESULTS = Path("results")
-PACKAGES = ("torch", "torch-pruning", "accelerate", "datasets", "peft", "pyiqa", "rich", "pydantic")
+PACKAGES = ("torch", "accelerate", "datasets", "peft", "pyiqa", "rich", "pydantic")
 
 
 def git_state(repo: Path | None = None) -> dict:
