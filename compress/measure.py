@@ -122,7 +122,9 @@ def latency_ms(model: nn.Module, size: int = 256, repeats: int = 3, warmup: int 
     import time
 
     model = model.eval()
-    device = next(model.parameters()).device
+    tensor = next(iter(model.parameters()), None)
+    tensor = next(iter(model.buffers()), None) if tensor is None else tensor
+    device = tensor.device if tensor is not None else torch.device("cpu")  # an exported model has no parameters
     x = torch.rand(1, 3, size, size, device=device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)  # kernels run asynchronously
     for _ in range(warmup):

@@ -255,6 +255,20 @@ class LoraConfig(Strict):
     targets: list[str] = ["attn.qkv", "attn.project_out", "ffn.project_in"]
 
 
+class ExportConfig(Strict):
+    """Deploy the trained model as a recipe stage (``compress.export``); the record gets its PSNR and latency."""
+
+    to: Literal["onnx", "openvino"] = "openvino"
+    precision: Literal["fp32", "bf16", "int8"] = "bf16"
+    check_limit: int = Field(5, ge=1)  # images per eval.paired set scored with the deployed artefact
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.to == "onnx" and self.precision != "fp32":
+            raise ValueError("onnx exports are fp32; use to: openvino for bf16 and int8")
+        return self
+
+
 class Recipe(Strict):
     name: str
     seed: int = 100
@@ -267,6 +281,7 @@ class Recipe(Strict):
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
+    export: ExportConfig | None = None  # deploy the final model (ONNX Runtime / OpenVINO) and record it
     out_dir: str = "runs"  # checkpoints go to <out_dir>/<name>/
 
     @model_validator(mode="after")

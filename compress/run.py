@@ -187,6 +187,8 @@ def _run(recipe, stem, console, accelerator, started, resume, scratch, results) 
             "status": "ok",
             "total_seconds": time.perf_counter() - started,
         }
+        if recipe.export is not None:
+            record["deployed"] = deploy(recipe, final, run_dir)
         if stem is not None:
             path = write_record(record, record_path(stem, scratch or record["dirty"], results))
             console.print(f"wrote {path}")
@@ -195,6 +197,20 @@ def _run(recipe, stem, console, accelerator, started, resume, scratch, results) 
                     console.print(f"wrote {written}")
     accelerator.wait_for_everyone()
     return record
+
+
+def deploy(recipe: Recipe, final: DRSformer, run_dir: Path) -> dict:
+    """The recipe's ``export`` stage: the final model exported, checked on the eval sets and timed."""
+    from compress.export import DeployedModel, export
+
+    e = recipe.export
+    out = run_dir / "deploy" / f"model_{e.precision}{'.onnx' if e.to == 'onnx' else '.xml'}"
+    checked = export(final, e.to, out, e.precision, checks=dict(recipe.eval.paired), limit=e.check_limit)
+    deployed = DeployedModel(out)
+    return {
+        "artefact": str(out), "backend": deployed.backend, "precision": e.precision, "checks": checked["checks"],
+        "latency_ms": latency_ms(deployed, recipe.eval.latency_size, recipe.eval.latency_repeats),
+    }  # fmt: skip
 
 
 def main(argv=None) -> None:

@@ -68,3 +68,25 @@ def test_int8_that_misses_the_budget_is_not_kept(tmp_path, student, monkeypatch)
     assert json.loads((tmp_path / "q.check.json").read_text())["kept"] is False
     with pytest.raises(UserError, match="use --to openvino for bf16 and int8"):
         export(student, "onnx", tmp_path / "q.onnx", "int8")
+
+
+@pytest.mark.skipif(not RAIN100L.is_dir(), reason="../shared/data is not there")
+def test_run_exports_as_a_recipe_stage_and_records_the_deployed_model(tmp_path):
+    pytest.importorskip("openvino")
+    from compress import run
+
+    recipe = tmp_path / "deployed.yaml"
+    recipe.write_text(f"""model: {{preset: "tiny"}}
+data: {{patch_size: 32, val_size: 32}}
+train: {{steps: 1, batch_size: 2, eval_every: 1, save_every: 1}}
+eval: {{paired: {{rain100L: "{RAIN100L}"}}, limit: 2, latency_size: 32, latency_repeats: 1}}
+export: {{to: openvino, precision: fp32, check_limit: 2}}
+out_dir: "{tmp_path / 'runs'}"
+""")
+    run.main([str(recipe), "--scratch", "--results", str(tmp_path / "results")])
+    record = json.loads((tmp_path / "results" / "scratch" / "deployed.json").read_text())
+    deployed = record["deployed"]
+    assert deployed["backend"] == "openvino" and deployed["latency_ms"] > 0
+    assert deployed["checks"]["rain100L"]["deployed_psnr_y_db"] == pytest.approx(
+        record["sets"]["rain100L"]["psnr_y_db"], abs=1e-3)  # fmt: skip
+    assert Path(deployed["artefact"]).with_suffix(".bin").is_file()
