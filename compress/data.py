@@ -285,6 +285,31 @@ class PairedImages(torch.utils.data.Dataset):
         return {"rainy": rainy, "clean": clean, "name": self.names[index]}
 
 
+class SyntheticPairs(torch.utils.data.Dataset):
+    """Fixed synthetic rain on clean photos, as a paired test set: image ``i`` gets the rain of generator
+    ``seed + i`` at ``heaviness``, so the set is the same on every run and every machine."""
+
+    def __init__(self, backgrounds: list[str], heaviness: float, seed: int = 12345, crop: int | None = None):
+        self.files = image_files(backgrounds)
+        self.heaviness, self.seed, self.crop = heaviness, seed, crop
+        self.names = [f.name for f in self.files]
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> dict:
+        from compress.rain import add_rain
+
+        clean = read_image(self.files[index])
+        if self.crop is not None:
+            clean = _pad_to(clean, self.crop)
+            top, left = (clean.shape[1] - self.crop) // 2, (clean.shape[2] - self.crop) // 2
+            clean = clean[:, top : top + self.crop, left : left + self.crop]
+        clean = to_uint8(clean).float() / 255  # as a saved PNG target would be
+        rainy = add_rain(clean[None], self.heaviness, torch.Generator().manual_seed(self.seed + index))[0]
+        return {"rainy": to_uint8(rainy).float() / 255, "clean": clean, "name": self.names[index]}
+
+
 def hf_pairs(root: str | Path):
     """A Hugging Face ``datasets.Dataset`` (columns ``rainy``, ``clean``: ``Image()``) of a paired set folder."""
     import datasets

@@ -190,7 +190,9 @@ def evaluate(
         model = model.to(accelerator.device)
     show = show and (accelerator is None or accelerator.is_main_process)
     paired, real = paired or {}, real or {}
-    datasets = {name: PairedImages(root) for name, root in paired.items()}  # layout errors before any work
+    # a Dataset (e.g. data.SyntheticPairs) is used as it is; anything else is a paired set's root or PairedSet
+    datasets = {name: root if isinstance(root, torch.utils.data.Dataset) else PairedImages(root)
+                for name, root in paired.items()}  # fmt: skip  (layout errors before any work)
     for folder in real.values():
         image_files([folder])  # and a bad real-rain folder too, not after the paired sets were scored
     if limit is not None and limit < 1:

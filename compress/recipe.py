@@ -176,8 +176,18 @@ class TrainConfig(Strict):
         return self
 
 
+class SyntheticTest(Strict):
+    """A test set of fixed synthetic rain on held-out clean photos (the training distribution's own test set)."""
+
+    backgrounds: list[str]
+    heaviness: float = Field(0.5, ge=0, le=1)
+    seed: int = 12345
+    crop: int | None = Field(None, ge=16)  # centre crop (None: whole images)
+
+
 class EvalConfig(Strict):
     paired: dict[str, PairedRef] = {}  # name -> paired set, scored with PSNR/SSIM (Y)
+    synthetic: dict[str, SyntheticTest] = {}  # name -> fixed synthetic rain on held-out photos, scored the same way
     real: dict[str, str] = {}  # name -> folder of real rainy photos, scored with NIQE/BRISQUE
     limit: int | None = Field(None, ge=1)  # first N images per set (quick runs)
     tile: int | None = Field(None, ge=32)

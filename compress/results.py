@@ -83,3 +83,15 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
             front.append(i)
             best_y = points[i][1]
     return front
+
+
+def paired_bootstrap(a: list[float], b: list[float], resamples: int = 2000,
+                     seed: int = 0) -> tuple[float, float, float]:  # fmt: skip
+    """Mean of ``a - b`` over paired items (images) and its 95% percentile-bootstrap interval."""
+    if len(a) != len(b) or not a:
+        raise ValueError(f"paired_bootstrap needs two equally long non-empty lists, got {len(a)} and {len(b)}")
+    diff = torch.tensor(a, dtype=torch.float64) - torch.tensor(b, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(seed)
+    means = diff[torch.randint(len(diff), (resamples, len(diff)), generator=gen)].mean(1)
+    lo, hi = torch.quantile(means, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
+    return diff.mean().item(), lo, hi

@@ -20,7 +20,7 @@ from accelerate.utils import set_seed
 from rich.console import Console
 
 from compress.console import UserError, cli
-from compress.data import PairedImages, check_data, check_writable_folder, image_files, training_patches
+from compress.data import PairedImages, SyntheticPairs, check_data, check_writable_folder, image_files, training_patches
 from compress.distill import Distiller, add_lora
 from compress.evaluate import evaluate, load_model
 from compress.measure import count_macs, count_params, latency_ms
@@ -99,6 +99,13 @@ def run_recipe(
         release_run_dir(run_dir)
 
 
+def eval_sets(recipe: Recipe) -> dict:
+    """The paired sets a record scores: ``eval.paired`` and the fixed synthetic sets of ``eval.synthetic``."""
+    synthetic = {name: SyntheticPairs(s.backgrounds, s.heaviness, s.seed, s.crop)
+                 for name, s in recipe.eval.synthetic.items()}  # fmt: skip
+    return {**recipe.eval.paired, **synthetic}
+
+
 def describe_sources(data) -> str:
     sources, parts = data.training_sources(), []
     for s in sources:
@@ -116,6 +123,8 @@ def check_inputs(recipe: Recipe, results: Path | None) -> None:
     for root in recipe.eval.paired.values():
         PairedImages(root)  # layout and pairing errors name the folder and files
     image_files(list(recipe.eval.real.values())) if recipe.eval.real else None
+    for s in recipe.eval.synthetic.values():
+        image_files(s.backgrounds)
     if recipe.teacher is not None and recipe.teacher.path is not None:
         path = Path(recipe.teacher.path)
         if not path.exists():
@@ -147,7 +156,7 @@ def _run(recipe, stem, console, accelerator, started, resume, scratch, results) 
         t = recipe.train
         scored = torch.compile(final.to(accelerator.device), backend=t.compile_backend, dynamic=True,
                                mode=t.compile_mode if t.compile_backend == "inductor" else None)  # fmt: skip
-    sets = evaluate(scored, recipe.eval.paired, recipe.eval.real, recipe.eval.tile, recipe.eval.limit,
+    sets = evaluate(scored, eval_sets(recipe), recipe.eval.real, recipe.eval.tile, recipe.eval.limit,
                     accelerator=accelerator)  # fmt: skip
     final = final.cpu()
     bad = [f"{name}.{metric}" for name, row in sets.items() for metric, value in row.items()

@@ -252,3 +252,26 @@ def test_a_missing_teacher_is_trained_from_its_recipe_first(tmp_path):
     assert json.loads((tmp_path / "runs" / "teacher_small" / "summary.json").read_text())["steps"] == 2
     record = json.loads((tmp_path / "results" / "scratch" / "prune50_distill.json").read_text())
     assert record["status"] == "ok" and record["gmacs_256"] <= 0.5 * count_macs(teacher.config) / 1e9 + 1e-9
+
+
+def test_summary_gives_paired_bootstrap_intervals_and_published_figures(tmp_path):
+    from compress.plots import summary_markdown
+    from compress.results import paired_bootstrap
+
+    mean, lo, hi = paired_bootstrap([1.0, 2.0, 3.0, 4.0], [0.5, 1.5, 2.5, 3.5])
+    assert (mean, lo, hi) == pytest.approx((0.5, 0.5, 0.5))  # a constant difference has no spread
+    mean, lo, hi = paired_bootstrap([0.1, -0.1, 0.2, -0.2, 0.05], [0.0] * 5)
+    assert lo < 0 < hi and mean == pytest.approx(0.01)
+    rows = [{"name": f"{i}.png", "psnr_y_db": 30.0 + 0.1 * i, "ssim_y": 0.9} for i in range(20)]
+    teacher = {"stem": "teacher_t", "role": "teacher", "recipe": {"name": "teacher_t", "seed": 100,
+               "eval": {"published": {"rain100L": {"psnr_y_db": 31.0, "ssim_y": 0.95}}}},
+               "params_m": 1, "gmacs_256": 2, "latency_ms": 3, "train": {"steps": 1},
+               "sets": {"rain100L": {"psnr_y_db": 30.95, "ssim_y": 0.9, "per_image": rows}}}  # fmt: skip
+    worse = [dict(r, psnr_y_db=r["psnr_y_db"] - 0.3 + 0.01 * (i % 3)) for i, r in enumerate(rows)]
+    student = {**teacher, "stem": "s", "role": "student",
+               "recipe": {"name": "s", "seed": 100, "teacher": {"recipe": "recipes/teacher_t.yaml"}},
+               "sets": {"rain100L": {"psnr_y_db": 30.66, "ssim_y": 0.9, "per_image": worse}}}  # fmt: skip
+    table = summary_markdown([teacher, student])
+    line = next(line for line in table.splitlines() if line.startswith("| s | teacher_t | rain100L | 20 |"))
+    assert "-0.291 [-0.29" in line and line.endswith("| below |")  # -0.3 + mean(0, .01, .02 repeating)
+    assert "| teacher_t | rain100L | 30.95 / 0.9000 | 31.00 / 0.9500 | -0.05 dB |" in table
