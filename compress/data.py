@@ -92,20 +92,32 @@ def paired_files(root: str | Path) -> list[tuple[Path, Path]]:
     if found is None:
         raise DataError(f"{root}: unknown layout; expected input/ + target/ or rain/ + norain/ subfolders")
     rainy_dir, clean_dir, prefix = found
-    rainy, clean = _images(rainy_dir), _images(clean_dir)
-    clean_by_name = {p.name: p for p in clean}
-    pairs = [(p, clean_by_name.get(prefix + p.name)) for p in rainy]
-    wanted = {prefix + p.name for p in rainy}
-    orphans = [str(p) for p in clean if p.name not in wanted]
-    if not pairs:
+    return match_pairs(root, _images(rainy_dir), _images(clean_dir), lambda name: prefix + name)
+
+
+def match_pairs(root: Path, rainy: list[Path], clean: list[Path], clean_name) -> list[tuple[Path, Path]]:
+    """(rainy, clean) pairs: ``clean_name(rainy file name)`` names the partner (or, failing that, its stem does).
+    ``DataError`` naming the folder if there are no rainy images, and the files that do not pair."""
+    if not rainy:
         raise DataError(f"{root}: no images found (suffixes {', '.join(IMAGE_SUFFIXES)})")
-    missing = [str(r) for r, c in pairs if c is None]
+    by_name, by_stem = {p.name: p for p in clean}, {p.stem: p for p in clean}
+    pairs, missing = [], []
+    for r in rainy:
+        name = clean_name(r.name)
+        c = by_name.get(name) or by_stem.get(Path(name).stem)
+        if c is None:
+            missing.append(str(r))
+        else:
+            pairs.append((r, c))
+    used = {c for _, c in pairs}
+    orphans = [str(c) for c in clean if c not in used]
     if missing or orphans:
         lines = [f"{root}: unpaired files"]
         if missing:
             lines.append(f"  rainy without a clean target ({len(missing)}): {', '.join(missing[:10])}")
         if orphans:
             lines.append(f"  clean without a rainy input ({len(orphans)}): {', '.join(orphans[:10])}")
+        lines.append("  remove or rename them, or check the set's layout")
         raise DataError("\n".join(lines))
     return pairs
 

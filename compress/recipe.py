@@ -74,10 +74,14 @@ class SyntheticSource(Strict):
 
     @model_validator(mode="after")
     def _check(self):
-        lo, hi = self.heaviness
-        if not 0 <= lo <= hi <= 1:
-            raise ValueError(f"heaviness must be [lo, hi] with 0 <= lo <= hi <= 1, got {list(self.heaviness)}")
+        _check_heaviness(self.heaviness)
         return self
+
+
+def _check_heaviness(heaviness: tuple[float, float]) -> None:
+    lo, hi = heaviness
+    if not 0 <= lo <= hi <= 1:
+        raise ValueError(f"heaviness must be [lo, hi] with 0 <= lo <= hi <= 1, got {list(heaviness)}")
 
 
 class PairedSource(Strict):
@@ -130,9 +134,7 @@ class DataConfig(Strict):
 
     @model_validator(mode="after")
     def _check(self):
-        lo, hi = self.heaviness
-        if not 0 <= lo <= hi <= 1:
-            raise ValueError(f"heaviness must be [lo, hi] with 0 <= lo <= hi <= 1, got {list(self.heaviness)}")
+        _check_heaviness(self.heaviness)
         if self.real_rain_fraction > 0 and not self.real_rain:
             raise ValueError("real_rain_fraction > 0 needs real_rain folders")
         if self.sources and sum(s.weight for s in self.sources) <= 0:

@@ -35,6 +35,7 @@ from compress.data import (
     _folder,
     _images,
     image_files,
+    match_pairs,
     paired_files,
     read_image,
     to_uint8,
@@ -82,29 +83,6 @@ def _jorder_clean_name(rainy: str) -> str:
     return f"{stem}{dot}{suffix}"
 
 
-def _match(root: Path, rainy: list[Path], clean: list[Path], clean_name, what: str) -> list[tuple[Path, Path]]:
-    by_name = {p.name: p for p in clean}
-    by_stem = {p.stem: p for p in clean}
-    pairs, missing = [], []
-    for r in rainy:
-        name = clean_name(r.name)
-        c = by_name.get(name) or by_stem.get(Path(name).stem)
-        (pairs if c is not None else missing).append((r, c) if c is not None else r)
-    used = {c for _, c in pairs}
-    orphans = [str(c) for c in clean if c not in used]
-    if not rainy:
-        raise DataError(f"{root}: no rainy images found")
-    if missing or orphans:
-        lines = [f"{root}: {what}: files that do not pair"]
-        if missing:
-            lines.append(f"  rainy without a clean image ({len(missing)}): {', '.join(map(str, missing[:5]))}")
-        if orphans:
-            lines.append(f"  clean without a rainy version ({len(orphans)}): {', '.join(orphans[:5])}")
-        lines.append("  remove or rename them, or check the source's layout")
-        raise DataError("\n".join(lines))
-    return pairs
-
-
 def _list_pairs(list_file: Path) -> list[tuple[Path, Path]]:
     if not list_file.is_file():
         raise DataError(f"{list_file}: list file not found")
@@ -144,7 +122,7 @@ def pair_layout(root: str | Path, layout: str = "auto") -> tuple[str, list]:
         clean_dir = _folder(root / "norain")
         if rain_dir is None or clean_dir is None:
             raise DataError(f"{root}: layout jorder needs rain/ (or rain/X2/) and norain/ subfolders")
-        return layout, _match(root, _images(rain_dir), _images(clean_dir), _jorder_clean_name, "jorder names")
+        return layout, match_pairs(root, _images(rain_dir), _images(clean_dir), _jorder_clean_name)
     if layout == "ddn":
         rain_dir, clean_dir = _folder(root / "rainy_image"), _folder(root / "ground_truth")
         if rain_dir is None or clean_dir is None:
@@ -154,7 +132,7 @@ def pair_layout(root: str | Path, layout: str = "auto") -> tuple[str, list]:
             stem, _, suffix = name.rpartition(".")
             return f"{stem.rsplit('_', 1)[0]}.{suffix}"
 
-        return layout, _match(root, _images(rain_dir), _images(clean_dir), clean_name, "DDN names (12_3 for 12)")
+        return layout, match_pairs(root, _images(rain_dir), _images(clean_dir), clean_name)
     if layout == "side_by_side":
         return layout, image_files([root])
     if layout == "list":

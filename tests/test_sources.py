@@ -118,9 +118,9 @@ def test_sources_mix_by_weight_and_keep_their_ground_truth(tmp_path):
 @pytest.mark.parametrize(
     ("layout", "damage", "message"),
     [
-        ("input_target", lambda r: (r / "target" / "2.png").rename(r / "target" / "9.png"), r"do not pair|unpaired"),
-        ("jorder", lambda r: (r / "norain" / "norain-3.png").unlink(), "rainy without a clean image"),
-        ("ddn", lambda r: save(r / "ground_truth" / "7.png", cleans(1)[0]), r"clean without a rainy version.*7.png"),
+        ("input_target", lambda r: (r / "target" / "2.png").rename(r / "target" / "9.png"), "unpaired files"),
+        ("jorder", lambda r: (r / "norain" / "norain-3.png").unlink(), "rainy without a clean target"),
+        ("ddn", lambda r: save(r / "ground_truth" / "7.png", cleans(1)[0]), r"clean without a rainy input.*7.png"),
         ("list", lambda r: r.write_text(r.read_text() + "/rain/8.png /gt/8.png\n"), r"train.txt:4: /rain/8.png does"),
         ("input_target", lambda r: save(r / "target" / "1.png", cleans(1, (40, 40))[0]), r"1.png is 48x40 but .*40x40"),
         ("side_by_side", lambda r: save(r / "1.png", cleans(1, (47, 40))[0]), "must have an even width"),
