@@ -208,11 +208,15 @@ def main(argv=None) -> int:
         print(f"{section}: written to {out}", flush=True)
 
     cases = [(p, k, False) for p in ("fp32", "tf32", "bf16") for k in ("native", "custom")] + [("bf16", "native", True)]
+    if args.smoke:  # one case per code path: both kernels, autocast, compilation
+        cases = [("fp32", "native", False), ("bf16", "custom", False), ("bf16", "native", True)]
     backend = "aot_eager" if args.smoke else "inductor"  # inductor's CPU codegen alone takes minutes
     done("train_step", [train_step_case(preset, size, 4, p, k, c, device, warmup, repeats, backend)
                         for p, k, c in cases])  # fmt: skip
-    done("inference", [inference_case(preset, s, t, p, device, repeats) for s in (256 if not args.smoke else size, big)
-                       for t in (None, 256 if not args.smoke else 32) for p in ("fp32", "bf16")])  # fmt: skip
+    inference = [(s, t, p) for s in (256, big) for t in (None, 256) for p in ("fp32", "bf16")]
+    if args.smoke:
+        inference = [(size, None, "fp32"), (big, 32, "bf16")]
+    done("inference", [inference_case(preset, s, t, p, device, repeats) for s, t, p in inference])
     workers = (0, 4, 8) if not args.smoke else (0,)
     done("loader", [loader_case(128 if not args.smoke else size, w, batches, 16) for w in workers])
     gpus = torch.cuda.device_count() if not args.smoke else 0
