@@ -41,6 +41,22 @@ def read_image(path: str | Path) -> torch.Tensor:
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
 
+def read_image_uint8(path: str | Path) -> torch.Tensor:
+    """``path`` as (3, H, W) uint8, upright: the training loader's fast path (8-bit RGB decoded straight to
+    bytes, no float round trip); other modes go through ``read_image``."""
+    from PIL import Image, ImageOps
+
+    try:
+        with Image.open(path) as img:
+            if img.mode == "RGB" and img.getexif().get(0x0112, 1) == 1:
+                return torch.from_numpy(np.array(img)).permute(2, 0, 1)
+            if img.mode == "RGB":
+                return torch.from_numpy(np.array(ImageOps.exif_transpose(img))).permute(2, 0, 1)
+    except (OSError, SyntaxError):
+        pass  # read_image names the file and the problem
+    return to_uint8(read_image(path))
+
+
 def _to_rgb_array(img) -> np.ndarray:
     """PIL image of any common mode -> (H, W, 3) float32 in [0, 1]."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):

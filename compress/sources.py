@@ -38,6 +38,7 @@ from compress.data import (
     match_pairs,
     paired_files,
     read_image,
+    read_image_uint8,
     to_uint8,
 )
 
@@ -170,12 +171,12 @@ class FilePairs:
 
     def _decode(self, item) -> tuple[torch.Tensor, torch.Tensor]:
         if self.layout == "side_by_side":
-            img = to_uint8(read_image(item))
+            img = read_image_uint8(item)
             if img.shape[2] % 2:
                 raise DataError(f"{item}: a side-by-side image must have an even width, got {img.shape[2]}")
             left, right = img[:, :, : img.shape[2] // 2], img[:, :, img.shape[2] // 2 :]
             return (left, right) if self.rainy_side == "left" else (right, left)
-        rainy, clean = (to_uint8(read_image(p)) for p in item)
+        rainy, clean = (read_image_uint8(p) for p in item)
         if rainy.shape != clean.shape:
             raise DataError(f"{item[0]} is {rainy.shape[2]}x{rainy.shape[1]} but {item[1]} is "
                             f"{clean.shape[2]}x{clean.shape[1]}; a pair must have the same size")  # fmt: skip
