@@ -77,8 +77,51 @@ def literal_of(teacher: DRSformer) -> torch.nn.Module:
     return literal
 
 
+def best_backends(record: dict, size: str) -> dict[str, tuple[str, float]]:
+    """Per model, the fastest backend at ``size`` among those within 0.05 dB (0.1 dB for int8) of its eager fp32
+    PSNR (all of them where no PSNR was measured)."""
+    def ok(psnrs: dict, backend: str) -> bool:
+        ref, value = psnrs.get("eager_fp32"), psnrs.get(backend)
+        return ref is None or value is None or value >= ref - (0.1 if backend.endswith("int8") else 0.05)
+
+    best = {}
+    for name, times in record["seconds"][size].items():
+        psnrs = record.get("psnr_y_db", {}).get(name, {})
+        backend = min((b for b in times if ok(psnrs, b)), key=times.get)
+        best[name] = (backend, times[backend])
+    return best
+
+
+def plot(record: dict, out: Path) -> Path:
+    """Latency at each size against GMACs: eager fp32 and the best deployed backend of every model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from drsformer.io import atomic_write
+
+    fig, axes = plt.subplots(1, len(record["seconds"]), figsize=(6 * len(record["seconds"]), 4.5), squeeze=False)
+    for ax, size in zip(axes[0], record["seconds"]):
+        best = best_backends(record, size)
+        for name, times in record["seconds"][size].items():
+            gmacs = record["gmacs_256"].get(name, record["gmacs_256"]["teacher"])
+            ax.scatter(gmacs, times["eager_fp32"], marker="x", color="grey")
+            ax.scatter(gmacs, best[name][1], marker="*" if name == "teacher" else "o", s=80)
+            ax.annotate(f"{name}: {best[name][0]}", (gmacs, best[name][1]), textcoords="offset points",
+                        xytext=(4, 6), fontsize=7)  # fmt: skip
+        ax.set_xlabel("GMACs at 256x256")
+        ax.set_ylabel(f"seconds per {size}x{size} image")
+        ax.set_title(f"{size}x{size}: best deployed backend (dots), eager fp32 (x)", fontsize=9)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    atomic_write(out, lambda p: fig.savefig(p, dpi=110, format="png"))
+    return out
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--plot-only", type=Path, help="redraw the plot of an existing JSON and stop")
     parser.add_argument("--teacher", help="save_pretrained folder (default: --preset with random weights)")
     parser.add_argument("--preset", default="full")
     parser.add_argument("--targets", type=float, nargs="*", default=[0.5, 0.25])
@@ -89,6 +132,11 @@ def main(argv=None) -> None:
     parser.add_argument("--int8", action="store_true", help="also OpenVINO int8 (NNCF, synthetic calibration)")
     parser.add_argument("--out", type=Path, default=Path("results/bench/deploy_latency.json"))
     args = parser.parse_args(argv)
+    if args.plot_only:
+        import json
+
+        print(f"wrote {plot(json.loads(args.plot_only.read_text()), args.plot_only.with_suffix('.png'))}")
+        return
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     teacher = (load_model(args.teacher) if args.teacher else DRSformer(DRSformerConfig.preset(args.preset))).eval()
@@ -133,7 +181,7 @@ def main(argv=None) -> None:
             if name != "official_graph":  # the official forward needs sizes divisible by 8 (Rain100 is not)
                 record["psnr_y_db"].setdefault(name, {})[backend] = psnr(model, args.limit)
     write_json(args.out, record)
-    print(f"wrote {args.out}")
+    print(f"wrote {args.out} and {plot(record, args.out.with_suffix('.png'))}")
 
 
 if __name__ == "__main__":
