@@ -155,6 +155,8 @@ class Distiller:
                     for path, (t, h, c) in kept.items()}  # fmt: skip
             self.attention = (AttentionTaps(student), AttentionTaps(self.teacher), kept)
 
+    learns_unlabelled = True  # real rain without ground truth is learned from the teacher's output
+
     def trainable_module(self) -> nn.Module:
         """The distiller's own trainable tensors (the 1x1 adapters), trained and all-reduced with the student."""
         return self.adapters
@@ -189,9 +191,6 @@ class Distiller:
             losses = attention_kd(student_taps.logits, teacher_taps.logits, kept)
             terms["attention_kd"] = cfg.attention_weight * torch.stack(list(losses.values())).mean()
         return terms
-
-    def export(self, student: nn.Module) -> nn.Module:
-        return merge_lora(student)
 
 
 def _unpruned_attention(teacher: nn.Module, student: nn.Module) -> dict[str, tuple]:

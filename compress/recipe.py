@@ -258,7 +258,7 @@ class DistillConfig(Strict):
     adapters: Literal["conv1x1", "kept_channels"] = "conv1x1"  # kept_channels: compare the channels pruning kept
 
 
-class LoraConfig(Strict):
+class LoraSpec(Strict):
     """LoRA recovery (peft) on the student's 1x1 convs, merged into plain weights at export."""
 
     rank: int = Field(4, ge=1)
@@ -288,7 +288,7 @@ class Recipe(Strict):
     teacher: TeacherSpec | None = None
     prune: PruneConfig | None = None
     distill: DistillConfig | None = None
-    lora: LoraConfig | None = None
+    lora: LoraSpec | None = None
     student_init: Literal["pruned", "random"] = "pruned"  # random: the same student config from scratch
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()

@@ -26,9 +26,9 @@ from compress.evaluate import evaluate, load_model
 from compress.measure import count_macs, count_params, latency_ms
 from compress.plots import regenerate
 from compress.prune import prune
-from compress.recipe import DistillConfig, Recipe, load_recipe
+from compress.recipe import Recipe, load_recipe
 from compress.results import RESULTS, environment, git_state, record_path, write_record
-from compress.train import FINAL, claim_run_dir, fit_recipe, make_accelerator, release_run_dir
+from compress.train import FINAL, claim_run_dir, fit_recipe, l1_loss, make_accelerator, release_run_dir
 from compress.train_teacher import train_teacher
 from drsformer import DRSformer
 
@@ -138,14 +138,13 @@ def _run(recipe, stem, console, accelerator, started, resume, scratch, results) 
     set_seed(recipe.seed)
     teacher = load_teacher(recipe, console) if recipe.teacher is not None else None
     student, report = student_of(recipe, teacher, console)
-    distiller = None
-    if recipe.distill is not None or recipe.lora is not None:
-        distill = recipe.distill or DistillConfig(output_weight=0.0)  # LoRA alone: ground truth only
+    loss_fn = l1_loss  # a teacher, a fine-tuned student, LoRA alone: ground truth only
+    if recipe.distill is not None:
         kept, attention = (None, None) if report is None else (report.kept_channels, report.kept_attention)
-        distiller = Distiller(teacher, student, distill, accelerator.device, kept, attention)
+        loss_fn = Distiller(teacher, student, recipe.distill, accelerator.device, kept, attention)
     if recipe.lora is not None:
         student = add_lora(student, recipe.lora)
-    summary = fit_recipe(student, recipe, accelerator, distiller=distiller, resume=resume)
+    summary = fit_recipe(student, recipe, accelerator, loss_fn=loss_fn, resume=resume)
     accelerator.wait_for_everyone()  # the main process has written final/
     final = DRSformer.from_pretrained(run_dir / FINAL)
     if accelerator.is_main_process:

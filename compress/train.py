@@ -1,6 +1,8 @@
 """``fit()``: the one training loop (Hugging Face Accelerate), teachers and students alike.
 
-A student run passes a ``distiller`` (frozen teacher, feature taps, adapters); that is the only difference.
+The loss is a function ``loss_fn(rainy, derained, clean) -> {term: value}``: L1 to the clean image for a
+teacher (``l1_loss``, the official loss), a ``compress.distill.Distiller`` (frozen teacher, feature taps,
+adapters) for a student; that is the only difference.
 Counting is in steps, as the upstream iteration schedules are; the loader is endless. Resuming is exact:
 the (rainy, clean) patches, synthetic rain included, are a pure function of their index
 (``compress.data.Patches``), the lr a pure function of the step, and ``accelerator.save_state`` restores
@@ -239,6 +241,30 @@ def append_curve(run_dir: Path, point: dict) -> None:
     write_json(path, points)
 
 
+def save_state(accelerator: Accelerator, run_dir: Path, info: dict) -> None:
+    """Weights, optimizer, RNG (``accelerator.save_state``) and ``info`` (step, best, seconds, recipe) into
+    ``run_dir/state``: written to ``state.tmp`` and swapped in, so one complete state exists at every moment."""
+    tmp = Path(run_dir) / (STATE + ".tmp")
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (tmp / "progress.json").write_text(json.dumps(info, indent=1))
+        _swap_in(tmp, Path(run_dir) / STATE)
+    accelerator.wait_for_everyone()
+
+
+def load_state(accelerator: Accelerator, run_dir: Path) -> dict | None:
+    """Restore the newest complete state of ``run_dir`` into the prepared objects; its ``info``, or None."""
+    state = latest_state(Path(run_dir))
+    if state is None:
+        return None
+    accelerator.load_state(str(state))
+    return json.loads((state / "progress.json").read_text())
+
+
 def latest_state(run_dir: Path) -> Path | None:
     """The newest complete training state of a run (``state``, or ``state.old`` if a swap was interrupted)."""
     for name in (STATE, STATE + ".old"):
@@ -247,8 +273,14 @@ def latest_state(run_dir: Path) -> Path | None:
     return None
 
 
+def l1_loss(rainy: torch.Tensor, derained: torch.Tensor, clean: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The official loss: L1 between the output and the clean image."""
+    return {"l1": F.l1_loss(derained.float(), clean)}
+
+
 def fit(
     model: nn.Module,
+    loss_fn,
     cfg,
     data,
     accelerator: Accelerator,
@@ -256,7 +288,6 @@ def fit(
     *,
     real_fraction: float = 0.0,
     val_sets: dict | None = None,
-    distiller=None,
     workers: int = 0,
     resume: bool = False,
     recipe: dict | None = None,
@@ -264,11 +295,13 @@ def fit(
 ) -> TrainSummary:
     """Train ``model`` for ``cfg.steps`` optimizer steps (``cfg``: a recipe's ``TrainConfig``).
 
-    ``data`` is ``(clean_patches, real_rain_patches | None)`` from ``compress.data.training_patches``. Without
-    a ``distiller`` the loss is L1 between the output and the clean image (the official loss); with one,
-    ``distiller(rainy, derained, clean)`` returns the weighted loss terms and the real-rain patches (no
-    ground truth) join each batch. Writes ``run_dir/state`` every ``save_every`` steps and at the end,
-    ``run_dir/best`` (best mean validation PSNR) and ``run_dir/final`` with ``save_pretrained``.
+    ``data`` is ``(pairs, real_rain_patches | None)`` from ``compress.data.training_patches``.
+    ``loss_fn(rainy, derained, clean)`` returns the loss terms (summed); ``clean`` covers the first
+    ``len(clean)`` images of the batch. Real-rain patches (no ground truth) join each batch only for a loss
+    with ``learns_unlabelled`` (a distiller); a loss with ``trainable_module()`` trains that module too and
+    ``prepare(accelerator)`` readies its own parts. Writes ``run_dir/state`` every ``save_every`` steps and
+    at the end, ``run_dir/best`` (best mean validation PSNR) and ``run_dir/final``: plain ``DRSformer``
+    folders (``save_pretrained``; LoRA merged by ``export_model``).
     """
     run_dir = Path(run_dir)
     world, device = accelerator.num_processes, accelerator.device
@@ -278,11 +311,12 @@ def fit(
             f"train.batch_size ({cfg.batch_size}) is not a multiple of processes x grad_accum"
             f" ({world} x {cfg.grad_accum})"
         )
-    n_real = max(1, round(per_process * real_fraction)) if real_fraction > 0 and distiller is not None else 0
+    unlabelled = getattr(loss_fn, "learns_unlabelled", False)
+    n_real = max(1, round(per_process * real_fraction)) if real_fraction > 0 and unlabelled else 0
     if n_real >= per_process:
         raise ValueError(f"data.real_rain_fraction leaves no synthetic patch in a batch of {per_process} per process")
     clean_patches, real_patches = data
-    extras = distiller.trainable_module() if distiller is not None else None
+    extras = loss_fn.trainable_module() if hasattr(loss_fn, "trainable_module") else None
     if extras is not None and len(list(extras.parameters())):
         model = WithExtras(model, extras)
     optimizer = torch.optim.AdamW(
@@ -294,14 +328,12 @@ def fit(
     loaders = [_loader(clean_patches, per_process - n_real, workers), _loader(real_patches, n_real, workers)]
     model, optimizer = accelerator.prepare(model, optimizer)
     loaders = [accelerator.prepare(loader) if loader is not None else None for loader in loaders]
-    if distiller is not None:
-        distiller.prepare(accelerator)
+    if hasattr(loss_fn, "prepare"):
+        loss_fn.prepare(accelerator)
 
     start, best, earlier_seconds = 0, {"psnr": None, "step": None}, 0.0
-    state = latest_state(run_dir) if resume else None
-    if state is not None:
-        accelerator.load_state(str(state))
-        progress_info = json.loads((state / "progress.json").read_text())
+    progress_info = load_state(accelerator, run_dir) if resume else None
+    if progress_info is not None:
         start, best = progress_info["step"], progress_info["best"]
         earlier_seconds = progress_info.get("train_seconds", 0.0)  # states from before this field: unknown, 0
         accelerator.print(f"resumed {run_dir} at step {start}")
@@ -325,21 +357,6 @@ def fit(
                 f"(now {cfg.grad_clip}); --resume restarts from the last state in {run_dir / STATE}"
             )
 
-    def save_state(step: int) -> None:
-        check_finite()
-        tmp = run_dir / (STATE + ".tmp")
-        if accelerator.is_main_process:
-            shutil.rmtree(tmp, ignore_errors=True)
-        accelerator.wait_for_everyone()
-        accelerator.save_state(str(tmp))
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            seconds_so_far = earlier_seconds + time.perf_counter() - started
-            info = {"step": step, "best": best, "train_seconds": seconds_so_far, "recipe": recipe}
-            (tmp / "progress.json").write_text(json.dumps(info, indent=1))
-            _swap_in(tmp, run_dir / STATE)
-        accelerator.wait_for_everyone()
-
     first_patch_sum, last_loss, val = None, float("nan"), {}
     started = time.perf_counter()
     stats = TextColumn("loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.2e}  {task.fields[pps]:.1f} patches/s")
@@ -359,10 +376,7 @@ def fit(
                     rainy = torch.cat([rainy, next(iters[1])["rainy"]])
                 with accelerator.accumulate(model):
                     derained = model(rainy)
-                    if distiller is None:
-                        terms = {"l1": F.l1_loss(derained.float(), clean)}
-                    else:
-                        terms = distiller(rainy, derained, clean)
+                    terms = loss_fn(rainy, derained, clean)
                     loss = sum(terms.values())
                     accelerator.backward(loss)
                     if accelerator.sync_gradients and cfg.grad_clip is not None:
@@ -403,17 +417,20 @@ def fit(
                 if best["psnr"] is None or mean_psnr > best["psnr"]:
                     best = {"psnr": mean_psnr, "step": done}
                     if accelerator.is_main_process:
-                        _export(accelerator, model, distiller, run_dir / BEST)
+                        export_model(_plain(accelerator, model), run_dir / BEST)
                 progress.console.print(
                     f"step {done}: loss {last_loss:.4f}  "
                     + "  ".join(f"{k} {v['psnr_y_db']:.2f} dB" for k, v in val.items())
                 )
             if done % cfg.save_every == 0 or done == cfg.steps:
-                save_state(done)
+                check_finite()
+                seconds_so_far = earlier_seconds + time.perf_counter() - started
+                save_state(accelerator, run_dir, {"step": done, "best": best, "train_seconds": seconds_so_far,
+                                                  "recipe": recipe})  # fmt: skip
     seconds = time.perf_counter() - started
     check_finite()
     if accelerator.is_main_process:
-        _export(accelerator, model, distiller, run_dir / FINAL)
+        export_model(_plain(accelerator, model), run_dir / FINAL)
     if cfg.tensorboard:
         accelerator.end_training()
     trained = accelerator.unwrap_model(model, keep_torch_compile=False)  # with the adapters and LoRA
@@ -450,32 +467,31 @@ def _digest(model: nn.Module) -> int:
     return int(h.hexdigest()[:15], 16)
 
 
-def _export(accelerator: Accelerator, model: nn.Module, distiller, out: Path) -> None:
-    """The deliverable: a plain ``DRSformer`` (LoRA merged by the distiller's ``export`` if it has one)."""
-    plain = _plain(accelerator, model)
-    if distiller is not None and hasattr(distiller, "export"):
-        plain = distiller.export(plain)
-    plain.save_pretrained(out)
+def export_model(model: nn.Module, out: Path) -> None:
+    """The deliverable: a plain ``DRSformer`` in ``out`` (``save_pretrained``), LoRA adapters merged in."""
+    from compress.distill import merge_lora
+
+    merge_lora(model).save_pretrained(out)
 
 
 def write_summary(summary: TrainSummary, path: Path) -> None:
     write_json(path, asdict(summary))
 
 
-def fit_recipe(model: nn.Module, recipe, accelerator: Accelerator, *, distiller=None, resume: bool = False,
+def fit_recipe(model: nn.Module, recipe, accelerator: Accelerator, *, loss_fn=l1_loss, resume: bool = False,
                show: bool = True) -> TrainSummary:  # fmt: skip
     # the run directory was claimed (claim_run_dir) by the caller, before any other work
     """``fit()`` with everything a recipe sets (data, rain, validation, seed, run directory); the main
     process writes ``<run dir>/summary.json``."""
     summary = fit(
         model,
+        loss_fn,
         recipe.train,
         training_patches(recipe.data, recipe.seed),
         accelerator,
         recipe.run_dir,
         real_fraction=recipe.data.real_rain_fraction,
         val_sets=validation_sets(recipe.data),
-        distiller=distiller,
         workers=recipe.data.workers,
         resume=resume,
         recipe=recipe.model_dump(mode="json"),

@@ -15,7 +15,7 @@ from compress.distill import Distiller, FeatureTaps, add_lora, attention_kd, mer
 from compress.measure import count_macs
 from compress.plots import regenerate
 from compress.prune import prune
-from compress.recipe import DistillConfig, LoraConfig, load_recipe
+from compress.recipe import DistillConfig, LoraSpec, load_recipe
 from compress.results import git_state, pareto_front
 from drsformer import STAGES, DRSformer, DRSformerConfig
 
@@ -160,7 +160,7 @@ def test_kept_attention_follows_pruned_blocks():
 
 
 def test_lora_merges_into_a_plain_drsformer(teacher_dir):
-    student = add_lora(DRSformer.from_pretrained(teacher_dir), LoraConfig(rank=2))
+    student = add_lora(DRSformer.from_pretrained(teacher_dir), LoraSpec(rank=2))
     trainable = [n for n, p in student.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
     with torch.no_grad():
@@ -170,7 +170,7 @@ def test_lora_merges_into_a_plain_drsformer(teacher_dir):
     x = torch.rand(1, 3, 16, 16)
     merged = merge_lora(student)
     with pytest.raises(ValueError, match="cannot be adapted"):
-        add_lora(DRSformer.from_pretrained(teacher_dir), LoraConfig(targets=["project_out"]))
+        add_lora(DRSformer.from_pretrained(teacher_dir), LoraSpec(targets=["project_out"]))
     assert type(merged) is DRSformer and torch.allclose(merged(x), student(x), atol=1e-5)
 
 
