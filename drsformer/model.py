@@ -57,8 +57,8 @@ def topk_counts(c: int) -> tuple[int, ...]:
 class _DepthwiseConv(torch.autograd.Function):
     """Depthwise conv (stride 1) with a hand-written backward.
 
-    Why not autograd's: on CPU the oneDNN depthwise backward takes 4-25x the forward's time (measured at
-    128x128: 7x7 on 96 channels, 83 ms backward for a 3 ms forward), and depthwise convs are most of
+    Why not autograd's: on CPU the oneDNN depthwise backward takes several times the forward's time
+    (``benchmarks/model_speed.py`` measures the training step), and depthwise convs are most of
     DRSformer's backward. The input gradient is the transposed depthwise conv; the weight gradient is a
     depthwise correlation of the padded input with the output gradient (batch folded into channels),
     both about as fast as the forward. Same maths, float rounding aside.
@@ -261,10 +261,9 @@ def _pair_branch(a: torch.Tensor, b: torch.Tensor, conv: nn.Conv2d, w_out: torch
     Output j of ``conv`` is conv(cat[2j], w[j, 0]) + conv(cat[2j + 1], w[j, 1]): a depthwise conv of ``a``
     and of ``b`` with the flattened kernels, then the sum of neighbouring channels. With an odd width h
     (the official 127, 255, 1021) the middle output pairs the last channel of ``a`` with the first of
-    ``b``. Each piece goes through its own columns of ``w_out``. Measured on this CPU (1 thread): a 5x5
-    grouped conv over 510 channels at 128x128 takes 111 ms, its depthwise form 47 ms with the pair sum;
-    the whole MSFN at (96, 255, 128x128) 446 -> 363 ms. In training the depthwise convs use the
-    hand-written backward above.
+    ``b``. Each piece goes through its own columns of ``w_out``. On this CPU the depthwise form is faster
+    than the grouped kernel (the whole forward: ``benchmarks/model_speed.py``). In training on the CPU the
+    depthwise convs use the hand-written backward above.
     """
     h = a.shape[1]
     kh, kw = conv.weight.shape[-2:]

@@ -21,8 +21,8 @@ the whole-image fp32 output 4e-3 (``benchmarks/tiling.py --fp64-preset``).
 Working memory is the residual stream and skip tensors of the whole image (the U-Net's width per
 pixel, 48-96 floats per full-resolution pixel for the official model) plus one tile's block
 internals; the convs between blocks (patch embedding, resampling, channel reduction, output) run on
-the whole image, their outputs being no wider than the stream. Full model, 512x512: 2.64 GB above the
-weights for the whole image, 0.44 GB with 128 px tiles (``results/bench/tiling_rain100H.json``).
+the whole image, their outputs being no wider than the stream (the memory saved is measured in
+``results/bench/tiling_rain100H.json``).
 """
 
 from __future__ import annotations
