@@ -214,6 +214,13 @@ def _pad_to(img: torch.Tensor, size: int) -> torch.Tensor:
     return padded.to(img.dtype)
 
 
+def centre_crop(img: torch.Tensor, size: int) -> torch.Tensor:
+    """The central ``size`` x ``size`` of (C, H, W), padded first where a side is shorter (``_pad_to``)."""
+    img = _pad_to(img, size)
+    top, left = (img.shape[1] - size) // 2, (img.shape[2] - size) // 2
+    return img[:, top : top + size, left : left + size]
+
+
 def random_crop(images: tuple[torch.Tensor, ...], size: int, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
     """The same random ``size`` crop, flip and 90-degree rotation (the official augmentation) of every image.
 
@@ -330,9 +337,7 @@ class SyntheticPairs(torch.utils.data.Dataset):
 
         clean = read_image(self.files[index])
         if self.crop is not None:
-            clean = _pad_to(clean, self.crop)
-            top, left = (clean.shape[1] - self.crop) // 2, (clean.shape[2] - self.crop) // 2
-            clean = clean[:, top : top + self.crop, left : left + self.crop]
+            clean = centre_crop(clean, self.crop)
         clean = to_uint8(clean).float() / 255  # as a saved PNG target would be
         rainy = add_rain(clean[None], self.heaviness, torch.Generator().manual_seed(self.seed + index))[0]
         return {"rainy": to_uint8(rainy).float() / 255, "clean": clean, "name": self.names[index]}
@@ -416,9 +421,7 @@ def validation_sets(cfg) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     from compress.rain import add_rain
 
     def centre(img: torch.Tensor) -> torch.Tensor:
-        img = _pad_to(img, cfg.val_size)
-        top, left = (img.shape[1] - cfg.val_size) // 2, (img.shape[2] - cfg.val_size) // 2
-        return img[:, top : top + cfg.val_size, left : left + cfg.val_size]
+        return centre_crop(img, cfg.val_size)
 
     sets = {}
     if cfg.val_backgrounds:

@@ -24,6 +24,7 @@ from torch import nn
 
 from compress.console import cli, progress_bar
 from compress.data import DataError, PairedImages, check_writable_folder, image_files, read_image, to_uint8
+from compress.measure import model_device
 from compress.metrics import NoReference, psnr_y, ssim_y
 from drsformer import PRESETS, DRSformer, DRSformerConfig
 from drsformer.io import atomic_write, write_json
@@ -84,10 +85,7 @@ def _gathered(rows: list[dict], seconds: float, accelerator) -> tuple[list[dict]
 
 
 def _device(model: nn.Module, accelerator) -> torch.device:
-    if accelerator is not None:
-        return accelerator.device
-    param = next(model.parameters(), None)
-    return param.device if param is not None else torch.device("cpu")
+    return accelerator.device if accelerator is not None else model_device(model)
 
 
 def _summary(rows: list[dict], metrics: tuple[str, ...], seconds: float) -> dict:

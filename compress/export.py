@@ -107,7 +107,6 @@ class DeployedModel(nn.Module):
             self.backend = "openvino"
         else:
             raise UserError(f"{self.path}: expected an .onnx or an OpenVINO .xml file")
-        self.register_buffer("_device", torch.zeros(0), persistent=False)  # .parameters()-free device marker
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         array = x.detach().cpu().float().contiguous().numpy()

@@ -115,6 +115,13 @@ def count_macs(config: DRSformerConfig, height: int = 256, width: int = 256) -> 
     return sum(macs_by_part(config, height, width).values())
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """Where ``model``'s tensors live; the CPU for a model without any (an exported artefact's runner)."""
+    tensor = next(iter(model.parameters()), None)
+    tensor = next(iter(model.buffers()), None) if tensor is None else tensor
+    return tensor.device if tensor is not None else torch.device("cpu")
+
+
 @torch.no_grad()
 def latency_ms(model: nn.Module, size: int = 256, repeats: int = 3, warmup: int = 1) -> float:
     """Median wall time (ms) of one forward of a 1x3x``size``x``size`` image on the model's device (CUDA
@@ -122,9 +129,7 @@ def latency_ms(model: nn.Module, size: int = 256, repeats: int = 3, warmup: int 
     import time
 
     model = model.eval()
-    tensor = next(iter(model.parameters()), None)
-    tensor = next(iter(model.buffers()), None) if tensor is None else tensor
-    device = tensor.device if tensor is not None else torch.device("cpu")  # an exported model has no parameters
+    device = model_device(model)
     x = torch.rand(1, 3, size, size, device=device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)  # kernels run asynchronously
     for _ in range(warmup):

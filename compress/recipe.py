@@ -171,6 +171,11 @@ class TrainConfig(Strict):
     # inductor generates kernels (minutes on a CPU for the tiny model); aot_eager only traces (a quick check)
     compile_backend: Literal["inductor", "aot_eager", "eager"] = "inductor"
 
+    def compile_options(self) -> dict:
+        """``torch.compile`` keywords of this schedule (``mode`` is inductor's alone)."""
+        inductor = self.compile_backend == "inductor"
+        return {"backend": self.compile_backend, "mode": self.compile_mode if inductor else None}
+
     @model_validator(mode="after")
     def _check(self):
         if self.lr_min > self.lr:

@@ -152,9 +152,7 @@ def _run(recipe, stem, console, accelerator, started, resume, scratch, results) 
     # every process scores its share of the images on its device; all get the gathered result
     scored = final
     if recipe.train.compile and recipe.eval.tile is None:  # tiling swaps methods per module: it runs eager
-        t = recipe.train
-        scored = torch.compile(final.to(accelerator.device), backend=t.compile_backend, dynamic=True,
-                               mode=t.compile_mode if t.compile_backend == "inductor" else None)  # fmt: skip
+        scored = torch.compile(final.to(accelerator.device), dynamic=True, **recipe.train.compile_options())
     sets = evaluate(scored, eval_sets(recipe), recipe.eval.real, recipe.eval.tile, recipe.eval.limit,
                     accelerator=accelerator)  # fmt: skip
     final = final.cpu()

@@ -82,10 +82,7 @@ def make_accelerator(cfg, run_dir: Path) -> Accelerator:
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    dynamo = None
-    if cfg.compile:
-        mode = cfg.compile_mode if cfg.compile_backend == "inductor" else None  # modes are inductor's
-        dynamo = TorchDynamoPlugin(backend=cfg.compile_backend, mode=mode)
+    dynamo = TorchDynamoPlugin(**cfg.compile_options()) if cfg.compile else None
     return Accelerator(
         cpu=not torch.cuda.is_available(),
         mixed_precision=cfg.mixed_precision,
@@ -170,13 +167,13 @@ def claim_run_dir(run_dir: Path, recipe, *, resume: bool, overwrite: bool, main_
             for name in (CURVE, "summary.json"):
                 (run_dir / name).unlink(missing_ok=True)
         return
-    step = json.loads((state / "progress.json").read_text())["step"] if state else None
-    where = ("finished" if final.exists() else "stopped") + (f" at step {step}" if step is not None else "")
+    progress = json.loads((state / "progress.json").read_text()) if state else {}
+    where = ("finished" if final.exists() else "stopped") + (f" at step {progress['step']}" if progress else "")
     if not resume:
         raise RunDirError(f"{run_dir} already holds a run of this recipe ({where}); continue it with --resume or "
                           "replace it with --overwrite (or set out_dir / seed for a new one)")  # fmt: skip
     if state is not None:
-        saved = json.loads((state / "progress.json").read_text()).get("recipe")
+        saved = progress.get("recipe")
         changed = _changed_keys(saved, recipe) if saved else []
         if changed:
             raise RunDirError(f"{run_dir}: --resume with a recipe that changes what defines the model or the data: "
@@ -235,7 +232,6 @@ def append_curve(run_dir: Path, point: dict) -> None:
     """Add one validation to ``run_dir/curve.json``; points at or after its step (from a run that was
     interrupted after them and resumed from an earlier state) are replaced, so a resumed curve has no repeats."""
     path = Path(run_dir) / CURVE
-    path.parent.mkdir(parents=True, exist_ok=True)
     points = json.loads(path.read_text()) if path.is_file() else []
     points = [p for p in points if p["step"] < point["step"]] + [point]
     write_json(path, points)
@@ -480,9 +476,8 @@ def write_summary(summary: TrainSummary, path: Path) -> None:
 
 def fit_recipe(model: nn.Module, recipe, accelerator: Accelerator, *, loss_fn=l1_loss, resume: bool = False,
                show: bool = True) -> TrainSummary:  # fmt: skip
-    # the run directory was claimed (claim_run_dir) by the caller, before any other work
     """``fit()`` with everything a recipe sets (data, rain, validation, seed, run directory); the main
-    process writes ``<run dir>/summary.json``."""
+    process writes ``<run dir>/summary.json``. The caller has claimed the run directory (``claim_run_dir``)."""
     summary = fit(
         model,
         loss_fn,
