@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The CPU-scale study: teacher_tiny, then student runs against it (one record each in results/runs/), then
-# every final model's latency side by side (results/bench/study_latency.json), results/summary.md and the
-# Pareto plots. Run from the repository root on a committed tree (records of a tree whose sources differ
+# The first study protocol (tiny teacher): teacher_tiny, then student runs against it (one record each in
+# results/first_protocol/runs/), then every final model's latency side by side
+# (results/first_protocol/bench/study_latency.json), results/first_protocol/summary.md and the Pareto plots. Run from the repository root on a committed tree (records of a tree whose sources differ
 # from the commit go to results/scratch/).
 #   benchmarks/cpu_study.sh                                  # everything below, one run at a time
 #   JOBS=2 benchmarks/cpu_study.sh                           # two runs at once, one thread each
@@ -21,9 +21,11 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$((JOBS > 1 ? 1 : 2))}
 # the teacher: trains (or resumes) to the end of its schedule, then its record (evaluation only)
 accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
     compress/train_teacher.py recipes/teacher_tiny.yaml --resume
-python compress/run.py recipes/teacher_tiny.yaml --resume --set "eval.limit=$LIMIT"
+RESULTS=results/first_protocol
+python compress/run.py recipes/teacher_tiny.yaml --resume --set "eval.limit=$LIMIT" --results $RESULTS
 
 printf '%s\n' $STUDY | xargs -P "$JOBS" -I{} bash -c \
-    'item={}; python compress/run.py "recipes/${item%:*}.yaml" --set "eval.limit=$LIMIT" --set "seed=${item#*:}"'
-OMP_NUM_THREADS=2 python -m benchmarks.study_latency
-python -m compress.plots
+    'item={}; python compress/run.py "recipes/${item%:*}.yaml" --set "eval.limit=$LIMIT" --set "seed=${item#*:}" \
+     --results results/first_protocol'
+OMP_NUM_THREADS=2 python -m benchmarks.study_latency --results $RESULTS
+python -m compress.plots --results $RESULTS

@@ -1,15 +1,22 @@
 """Deployed latency: teacher and pruned students side by side in one process, on every backend and precision.
 
-    python -m benchmarks.deploy_latency [--teacher results/teacher_tiny | --preset full] [--sizes 256 512]
-        [--targets 0.5 0.25] [--repeats 3] [--limit 5] [--out results/bench/deploy_latency.json]
+    python -m benchmarks.deploy_latency [--teacher results/first_protocol/teacher_tiny | --preset full]
+        [--sizes 256 512] [--targets 0.5 0.25] [--repeats 3] [--limit 5] [--out results/bench/deploy_latency.json]
+        [--forms] [--int8] [--no-compile]
 
 Models: the teacher (a ``save_pretrained`` folder, or ``--preset`` with seeded random weights), students
 pruned from it to each ``--targets`` share of its MACs (head channels, MSFN width, experts, residual width;
 L1, untrained: latency does not depend on the weights, and each backend's PSNR is compared with the same
 model's eager PSNR), and the official graph (``tests/literal_drsformer.py``, same weights as the teacher).
-Backends: eager fp32, eager bf16 autocast, ONNX Runtime fp32, OpenVINO fp32 and bf16 (and int8 with
+Backends: eager fp32, eager bf16 autocast, torch.compile (inductor, fp32; ``--no-compile`` skips it: its
+first call at each size compiles for minutes), ONNX Runtime fp32, OpenVINO fp32 and bf16 (and int8 with
 ``--int8``), all on ``--threads`` threads (2). Medians of ``--repeats`` runs after one warm-up. PSNR: the
 first ``--limit`` Rain100L images with each backend, when ``../shared/data`` is there.
+
+``--forms``: instead, the teacher exported with each of the model's rewrites in its fast and its official
+form (``drsformer.model.EXPORT_FAST``: all fast, all official, and each one flipped from the current
+setting), timed in ONNX Runtime and OpenVINO fp32/bf16 (``--out`` default ``results/bench/deploy_forms.json``):
+which form an exported graph should use.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ import torch
 from compress.evaluate import load_model
 from compress.export import DeployedModel, export_onnx, export_openvino
 from compress.measure import count_macs
-from compress.prune import prune
+from compress.prune import PruneSpec, prune
 from drsformer import DRSformer, DRSformerConfig
 from drsformer.io import write_json
 
@@ -119,6 +126,38 @@ def plot(record: dict, out: Path) -> Path:
     return out
 
 
+def forms(teacher: DRSformer, args) -> dict:
+    """Seconds per backend for the teacher exported with each combination of fast and official forms."""
+    from drsformer import model as drs
+
+    default = dict(drs.EXPORT_FAST)
+    variants = {"all_fast": {k: True for k in default}, "all_official": {k: False for k in default},
+                "current": default}  # fmt: skip
+    variants.update({f"flip_{k}": {**default, k: not v} for k, v in default.items()})
+    record = {"forms": variants, "seconds": {}, "psnr_y_db": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        backends = {}
+        for name, setting in variants.items():
+            drs.EXPORT_FAST.update(setting)
+            try:
+                onnx = export_onnx(teacher, Path(tmp) / f"{name}.onnx")
+                xml = export_openvino(teacher, Path(tmp) / f"{name}.xml", "fp32")
+            finally:
+                drs.EXPORT_FAST.update(default)
+            backends[name, "onnxruntime_fp32"] = DeployedModel(onnx, threads=args.threads)
+            backends[name, "openvino_fp32"] = DeployedModel(xml, "fp32", threads=args.threads)
+            backends[name, "openvino_bf16"] = DeployedModel(xml, "bf16", threads=args.threads)
+            print(f"exported {name}: {setting}", flush=True)
+        for size in args.sizes:
+            for (name, backend), model in backends.items():
+                seconds = median_s(model, size, args.repeats)
+                record["seconds"].setdefault(str(size), {}).setdefault(name, {})[backend] = seconds
+                print(size, name, backend, f"{seconds:.3f} s", flush=True)
+        for (name, backend), model in backends.items():
+            record["psnr_y_db"].setdefault(name, {})[backend] = psnr(model, args.limit)
+    return record
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--plot-only", type=Path, help="redraw the plot of an existing JSON and stop")
@@ -130,7 +169,9 @@ def main(argv=None) -> None:
     parser.add_argument("--limit", type=int, default=5, help="Rain100L images for each backend's PSNR")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--int8", action="store_true", help="also OpenVINO int8 (NNCF, synthetic calibration)")
-    parser.add_argument("--out", type=Path, default=Path("results/bench/deploy_latency.json"))
+    parser.add_argument("--no-compile", dest="compile", action="store_false", help="leave out torch.compile")
+    parser.add_argument("--forms", action="store_true", help="time the teacher's export forms instead (see above)")
+    parser.add_argument("--out", type=Path, help="default results/bench/deploy_latency.json (deploy_forms.json)")
     args = parser.parse_args(argv)
     if args.plot_only:
         import json
@@ -140,14 +181,25 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     teacher = (load_model(args.teacher) if args.teacher else DRSformer(DRSformerConfig.preset(args.preset))).eval()
+    command = " ".join(["python -m benchmarks.deploy_latency", *(argv if argv is not None else sys.argv[1:])])
+    machine = f"{platform.processor() or 'cpu'}, {os.cpu_count()} logical CPUs, {args.threads} threads"
+    if args.forms:
+        out = args.out or Path("results/bench/deploy_forms.json")
+        record = {"command": command, "machine": machine, "teacher": args.teacher or f"random:{args.preset}",
+                  "scale": f"medians of {args.repeats} forwards of one square image after a warm-up; PSNR on the "
+                           f"first {args.limit} Rain100L images", **forms(teacher, args)}  # fmt: skip
+        write_json(out, record)
+        print(f"wrote {out}")
+        return
+    args.out = args.out or Path("results/bench/deploy_latency.json")
     models = {"teacher": teacher}
     for target in args.targets:
-        units = ["head_channels", "ffn", "experts", "width"]
-        models[f"student{round(target * 100)}"] = prune(teacher, units, "l1", target_macs=target, max_ratio=0.75)[0]
+        spec = PruneSpec(["head_channels", "ffn", "experts", "width"], target_macs=target, max_ratio=0.75)
+        models[f"student{round(target * 100)}"] = prune(teacher, spec)[0]
     official = literal_of(teacher)
     record = {
-        "command": " ".join(["python -m benchmarks.deploy_latency", *(argv if argv is not None else sys.argv[1:])]),
-        "machine": f"{platform.processor() or 'cpu'}, {os.cpu_count()} logical CPUs, {args.threads} threads",
+        "command": command,
+        "machine": machine,
         "teacher": args.teacher or f"random:{args.preset}",
         "scale": f"medians of {args.repeats} forwards of one square image after a warm-up; PSNR on the first "
                  f"{args.limit} Rain100L images; students pruned without training",
@@ -159,6 +211,8 @@ def main(argv=None) -> None:
         for name, model in [*models.items(), ("official_graph", official)]:
             backends[(name, "eager_fp32")] = model
             backends[(name, "eager_bf16")] = _Autocast(model)
+            if args.compile:  # compiled on its warm-up call at each size (static shapes: one graph per size)
+                backends[(name, "torch_compile_fp32")] = torch.compile(model, backend="inductor", dynamic=False)
             size = (64, 64) if name == "official_graph" else (61, 75)  # the official forward needs multiples of 8
             onnx = export_onnx(model, Path(tmp) / f"{name}.onnx", size)
             backends[(name, "onnxruntime_fp32")] = DeployedModel(onnx, threads=args.threads)

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from compress.measure import count_macs, count_params, latency_ms
-from compress.prune import prune
+from compress.prune import PruneSpec, prune
 from compress.rain import add_rain
 from drsformer import PRESETS, DRSformer, DRSformerConfig
 from drsformer.io import write_json
@@ -60,12 +60,12 @@ def main(argv=None) -> None:
         batches.append((add_rain(clean, 0.5, gen), clean))
 
     started = time.perf_counter()
-    student, _ = prune(teacher, units, "taylor", target_macs=args.target, calibration=batches, max_ratio=args.max_ratio)
+    student, _ = prune(teacher, PruneSpec(units, "taylor", target_macs=args.target, max_ratio=args.max_ratio), batches)
     prune_s = time.perf_counter() - started
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     students = {f"taylor_{args.target}": student}
     for target in (0.7, 0.3):
-        students[f"l1_{target}"] = prune(teacher, units, "l1", target_macs=target, max_ratio=args.max_ratio)[0]
+        students[f"l1_{target}"] = prune(teacher, PruneSpec(units, target_macs=target, max_ratio=args.max_ratio))[0]
 
     teacher_ms = latency_ms(teacher, args.size, args.repeats)
     rows = {}

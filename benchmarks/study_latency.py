@@ -8,6 +8,10 @@ students. This measures all final models in one process, round-robin (one forwar
 round, ``--repeats`` rounds after one warm-up round), and keeps the median per model. Writes
 ``results/bench/study_latency.json`` atomically; ``python -m compress.plots`` then uses these figures for
 the latency axis and says so in ``results/summary.md``.
+
+``--deployed openvino:fp32`` (or ``openvino:bf16``, ``onnxruntime:fp32``) also exports every final model to
+that runtime and times the artefacts round-robin in the same process (``deployed_ms``): the plots then get
+a deployed-latency axis (``pareto_deployed_ms_<set>.png``).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import argparse
 import platform
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -39,6 +44,22 @@ def round_robin_ms(models: dict[str, torch.nn.Module], size: int, repeats: int) 
     return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
 
 
+def deployed_ms(models: dict, backend: str, size: int, repeats: int, threads: int) -> dict[str, float]:
+    """Every model exported to ``backend`` (runtime:precision) and timed round-robin like the eager ones."""
+    from compress.export import DeployedModel, export_onnx, export_openvino
+
+    runtime, precision = backend.split(":")
+    with tempfile.TemporaryDirectory() as tmp:
+        artefacts = {}
+        for name, model in models.items():
+            if runtime == "onnxruntime":
+                path = export_onnx(model, Path(tmp) / f"{name}.onnx")
+            else:
+                path = export_openvino(model, Path(tmp) / f"{name}.xml", "fp32")
+            artefacts[name] = DeployedModel(path, precision, threads=threads)
+        return round_robin_ms(artefacts, size, repeats)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=Path, default=Path("runs"), help="holds <stem>/final of every record")
@@ -46,6 +67,8 @@ def main(argv=None) -> None:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--deployed", choices=["openvino:fp32", "openvino:bf16", "onnxruntime:fp32"],
+                        help="also time every model exported to this runtime:precision")  # fmt: skip
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     records = read_records(args.results / "runs")
@@ -56,12 +79,14 @@ def main(argv=None) -> None:
         raise SystemExit(f"no final model for {missing}; rerun those recipes or pass --runs <folder holding them>")
     models = {r["stem"]: DRSformer.from_pretrained(args.runs / r["stem"] / "final").eval() for r in records}
     latency = round_robin_ms(models, args.size, args.repeats)
+    deployed = deployed_ms(models, args.deployed, args.size, args.repeats, args.threads) if args.deployed else {}
     record = {
         "command": " ".join(["python -m benchmarks.study_latency", *sys.argv[1:]]),
         "machine": f"{platform.processor() or platform.machine()}, {args.threads} torch threads, fp32, eval, batch 1, "
         f"{args.size}x{args.size}, median of {args.repeats} round-robin rounds",
         "torch": torch.__version__,
         "latency_ms": latency,
+        **({"deployed_backend": args.deployed, "deployed_ms": deployed} if deployed else {}),
     }
     out = args.results / "bench" / "study_latency.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
 """Which units are cheapest to prune: each unit family pruned alone to a MACs budget, scored with no training.
 
-    python -m benchmarks.unit_sensitivity results/teacher_tiny --limit 10
+    python -m benchmarks.unit_sensitivity results/first_protocol/teacher_tiny --limit 10
 
 For every unit set below and every budget in ``--budgets`` (share of the teacher's MACs kept), prunes the
 trained teacher (L1, global ranking, ``--max-ratio`` cap; 1.0 = none, as the recipes) and scores the
@@ -21,7 +21,7 @@ import torch
 
 from compress.evaluate import evaluate, load_model
 from compress.measure import count_macs, count_params
-from compress.prune import PruneError, prune
+from compress.prune import PruneError, PruneSpec, prune
 from drsformer.io import write_json
 
 UNIT_SETS = {
@@ -61,13 +61,13 @@ def main(argv=None) -> None:
         for budget in (float(b) for b in args.budgets.split(",")):
             row = {"units": name, "budget": budget}
             try:
-                student, _ = prune(teacher, units, "l1", target_macs=budget, max_ratio=args.max_ratio)
+                student, _ = prune(teacher, PruneSpec(units, target_macs=budget, max_ratio=args.max_ratio))
                 row.update(scored(student, teacher, args.limit))
             except PruneError as error:
                 row["error"] = str(error)
             rows.append(row)
             print(json.dumps(row))
-    student, _ = prune(teacher, ["width"], "l1", ratios={"width": 0.5})
+    student, _ = prune(teacher, PruneSpec(["width"], ratios={"width": 0.5}))
     rows.append({"units": "width (uniform ratio 0.5)", "budget": None, **scored(student, teacher, args.limit)})
     record = {
         "command": " ".join(["python -m benchmarks.unit_sensitivity", *sys.argv[1:]]),

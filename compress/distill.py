@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compress.prune import full_plan, kept_attention
+from compress.prune import kept_attention
 from drsformer.model import Attention
 
 
@@ -198,7 +198,7 @@ def _unpruned_attention(teacher: nn.Module, student: nn.Module) -> dict[str, tup
     if student.config != teacher.config:
         raise ValueError("distill.attention_weight: student TKSAs differ from the teacher's and no kept map "
                          "(PruneReport.kept_attention) was given; pass the pruning report's")  # fmt: skip
-    return kept_attention(teacher.config, full_plan(teacher.config))
+    return kept_attention(teacher.config)
 
 
 def _check_attention(teacher: nn.Module, student: nn.Module, kept: dict[str, tuple]) -> None:

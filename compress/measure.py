@@ -17,8 +17,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from drsformer import EXPERT_OPS, STAGES, BlockConfig, DRSformerConfig, MEFCConfig
+from drsformer import EXPERT_OPS, BlockConfig, DRSformerConfig, MEFCConfig
 from drsformer.model import PAD_MULTIPLE
+from drsformer.wiring import mefc_config, steps, stream_widths
 
 
 def count_params(model: nn.Module) -> int:
@@ -51,26 +52,16 @@ def macs_by_part(config: DRSformerConfig, height: int = 256, width: int = 256) -
     """MACs of every top-level part (official module names) for one image of ``height`` x ``width``."""
     h = -(-height // PAD_MULTIPLE) * PAD_MULTIPLE
     w = -(-width // PAD_MULTIPLE) * PAD_MULTIPLE
-    px = [h * w // 4**i for i in range(4)]  # pixels at levels 1..4
-    enc1, enc2, enc3, lat, dec3, dec2, dec1 = config.levels
-    u3, u2, u1 = config.up_widths
-    level_px = dict(zip(STAGES, (px[0], px[1], px[2], px[3], px[2], px[1], px[0])))
-    parts = {"patch_embed": config.in_channels * enc1.width * 9 * px[0]}
-    if config.encoder_mefc is not None:
-        parts["encoder_level0"] = mefc_macs(enc1.width, config.encoder_mefc, px[0])
-    for name, level in zip(STAGES, config.levels):
-        parts[name] = sum(block_macs(level.width, b, level_px[name]) for b in level.blocks)
-    parts["down1_2"] = enc1.width * (enc2.width // 4) * 9 * px[0]
-    parts["down2_3"] = enc2.width * (enc3.width // 4) * 9 * px[1]
-    parts["down3_4"] = enc3.width * (lat.width // 4) * 9 * px[2]
-    parts["up4_3"] = lat.width * 4 * u3 * 9 * px[3]
-    parts["reduce_chan_level3"] = (u3 + enc3.width) * dec3.width * px[2]
-    parts["up3_2"] = dec3.width * 4 * u2 * 9 * px[2]
-    parts["reduce_chan_level2"] = (u2 + enc2.width) * dec2.width * px[1]
-    parts["up2_1"] = dec2.width * 4 * u1 * 9 * px[1]
-    if config.refinement_mefc is not None:
-        parts["refinement"] = mefc_macs(dec1.width, config.refinement_mefc, px[0])
-    parts["output"] = dec1.width * config.out_channels * 9 * px[0]
+    widths, parts = stream_widths(config), {}
+    for step in steps(config):
+        c_in, c_out, px = sum(widths[r] for r in step.reads), widths[step.writes], h * w // 4 ** (step.level - 1)
+        if step.kind == "stage":
+            parts[step.module] = sum(block_macs(c_in, b, px) for b in config.level(step.module).blocks)
+        elif step.kind == "mefc":
+            parts[step.module] = mefc_macs(c_in, mefc_config(config, step.module), px)
+        else:  # a convolution at the input's resolution: 3x3, except the 1x1 reduce
+            rows = {"down": c_out // 4, "up": 4 * c_out}.get(step.kind, c_out)
+            parts[step.module] = c_in * rows * (1 if step.kind == "reduce" else 9) * px
     return parts
 
 
@@ -96,17 +87,18 @@ def mefc_params(c: int, cfg: MEFCConfig) -> int:
 
 def count_params_config(config: DRSformerConfig) -> int:
     """Parameters of ``DRSformer(config)``, from the config alone (no model is built)."""
-    enc1, enc2, enc3, lat, dec3, dec2, dec1 = config.levels
-    u3, u2, u1 = config.up_widths
-    b, wb = int(config.bias), config.norm_type == "WithBias"
-    total = config.in_channels * enc1.width * 9 + dec1.width * config.out_channels * 9 + b * config.out_channels
-    total += sum(block_params(level.width, blk, config.bias, wb) for level in config.levels for blk in level.blocks)
-    total += 9 * (enc1.width * (enc2.width // 4) + enc2.width * (enc3.width // 4) + enc3.width * (lat.width // 4))
-    total += 9 * (lat.width * 4 * u3 + dec3.width * 4 * u2 + dec2.width * 4 * u1)
-    total += (u3 + enc3.width) * dec3.width + b * dec3.width + (u2 + enc2.width) * dec2.width + b * dec2.width
-    for c, m in ((enc1.width, config.encoder_mefc), (dec1.width, config.refinement_mefc)):
-        if m is not None:
-            total += mefc_params(c, m)
+    widths, b, total = stream_widths(config), int(config.bias), 0
+    for step in steps(config):
+        c_in, c_out = sum(widths[r] for r in step.reads), widths[step.writes]
+        if step.kind == "stage":
+            wb = config.norm_type == "WithBias"
+            total += sum(block_params(c_in, blk, config.bias, wb) for blk in config.level(step.module).blocks)
+        elif step.kind == "mefc":
+            total += mefc_params(c_in, mefc_config(config, step.module))
+        elif step.kind in ("embed", "down", "up"):  # convolutions without bias
+            total += c_in * {"down": c_out // 4, "up": 4 * c_out}.get(step.kind, c_out) * 9
+        else:  # reduce (1x1) and output (3x3), with the config's bias
+            total += c_in * c_out * (1 if step.kind == "reduce" else 9) + b * c_out
     return total
 
 

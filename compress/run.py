@@ -62,8 +62,7 @@ def student_of(recipe: Recipe, teacher: DRSformer | None, console: Console):
     p = recipe.prune
     batches = calibration(recipe, p.calibration_batches, p.calibration_batch_size) if p.criterion == "taylor" else []
     started = time.perf_counter()
-    student, report = prune(teacher, p.units, p.criterion, p.ratios or None, p.target_macs, p.target_params, batches,
-                            p.max_ratio)  # fmt: skip
+    student, report = prune(teacher, p, batches)
     console.print(report.table())
     console.print(f"pruned in {time.perf_counter() - started:.1f} s")
     if recipe.student_init == "random":

@@ -24,7 +24,6 @@ STAGES = (
     "decoder_level1",
 )
 UPSAMPLERS = ("up4_3", "up3_2", "up2_1")
-MEFC_SITES = ("encoder_level0", "refinement")
 
 # MEFC expert operations, in the official order (index j in `_ops.<step>._ops.<j>`):
 # (kind, kernel, dilation). "sep" = dw k -> 1x1 -> ReLU -> dw k -> 1x1, "dil" = dilated dw k -> 1x1.
@@ -219,18 +218,13 @@ def _validate(cfg: DRSformerConfig) -> None:
             if block.head_dim < 2:
                 # int(1 * 1/2) = 0: the sparsest top-k branch would keep no entry and softmax gives NaN.
                 raise ConfigError(f"{where}: head_dim must be >= 2 for top-k attention, got {block.head_dim}")
-    # Downsample = conv C -> C'/4 then PixelUnshuffle(2): the next width is a multiple of 4.
-    for name in ("encoder_level2", "encoder_level3", "latent"):
-        if cfg.level(name).width % 4:
-            raise ConfigError(f"{name}: width {cfg.level(name).width} must be a multiple of 4 (PixelUnshuffle(2))")
     if min(cfg.up_widths) < 1:
         raise ConfigError(f"up_widths must be >= 1, got {cfg.up_widths}")
-    expected = cfg.up_widths[2] + cfg.levels[0].width
-    if cfg.level("decoder_level1").width != expected:
-        raise ConfigError(
-            f"decoder_level1: width must be up_widths[2] + encoder_level1 width = {expected} "
-            f"(it works on their concatenation), got {cfg.level('decoder_level1').width}"
-        )
+    from .wiring import check_widths  # the wiring reads this module's names: imported when first needed
+
+    problems = check_widths(cfg)  # multiples of 4 after PixelUnshuffle, widths of concatenations
+    if problems:
+        raise ConfigError(problems[0])
     for site, mefc in (("encoder_mefc", cfg.encoder_mefc), ("refinement_mefc", cfg.refinement_mefc)):
         if mefc is None:
             continue

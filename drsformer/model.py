@@ -21,6 +21,9 @@ Forward differences from the official code, each exact up to float rounding:
   backward is several times slower than the forward. Other devices use PyTorch's native backward, which
   the CPU rewrite would only slow down (its weight gradient is a grouped conv with an image-sized kernel);
   ``DEPTHWISE_BACKWARD`` overrides the choice.
+- An exported (traced) graph runs, per rewrite, the fast form or the official one as ``EXPORT_FAST`` says:
+  what is fastest in eager PyTorch need not be in ONNX Runtime or OpenVINO
+  (``benchmarks/deploy_latency.py --forms`` measures each).
 - Nothing in the forward waits for the device: index tensors come from ``arange`` comparisons or
   non-persistent buffers, never from Python lists copied to the device. Under autocast the attention's
   cosine logits and their top-k stay in fp32, so low precision never changes which channels are kept.
@@ -38,6 +41,7 @@ from torch import nn
 
 from .config import EXPERT_OPS, NUM_EXPERT_OPS, BlockConfig, DRSformerConfig, LevelConfig, MEFCConfig
 from .io import atomic_write
+from .wiring import Step, mefc_config, steps, stream_widths
 
 class CheckpointError(ValueError, TypeError):
     """A checkpoint file that cannot be loaded (unreadable, truncated, or not this architecture); names the file."""
@@ -45,6 +49,13 @@ class CheckpointError(ValueError, TypeError):
 
 TOPK_RATIOS = ((1, 2), (2, 3), (3, 4), (4, 5))  # the four TKSA branches, as num/den
 PAD_MULTIPLE = 8  # three 2x downsamplings
+# Per rewrite, whether a traced graph (torch.onnx export) uses the fast form (True) or the official one. Set
+# from benchmarks/deploy_latency.py --forms (results/bench/deploy_forms.json); eager PyTorch is always fast.
+EXPORT_FAST = {"topk": True, "msfn": False, "mefc": True}
+
+
+def _fast(rewrite: str) -> bool:
+    return EXPORT_FAST[rewrite] or not torch.jit.is_tracing()
 
 
 def topk_counts(c: int) -> tuple[int, ...]:
@@ -161,6 +172,16 @@ def topk_mixed_softmax(attn: torch.Tensor, mix: torch.Tensor) -> torch.Tensor:
     return torch.zeros_like(attn).scatter(-1, index, exp * coef)
 
 
+def topk_masked_softmaxes(attn: torch.Tensor, mix: torch.Tensor) -> torch.Tensor:
+    """The official form of ``topk_mixed_softmax``: four top-k masks, four softmaxes, their mixed sum."""
+    out = torch.zeros_like(attn)
+    for r, k in enumerate(topk_counts(attn.shape[-1])):
+        index = attn.topk(k, dim=-1, largest=True).indices
+        keep = torch.zeros_like(attn).scatter(-1, index, 1.0) > 0
+        out = out + mix[r] * attn.masked_fill(~keep, float("-inf")).softmax(-1)
+    return out
+
+
 def _at_least_fp32(t: torch.Tensor) -> torch.Tensor:
     return t if t.dtype in (torch.float32, torch.float64) else t.float()
 
@@ -201,7 +222,8 @@ class Attention(nn.Module):
         """The output for channel logits (b, heads, c, c) and v (b, heads, c, h*w): per pixel, given logits."""
         mix = torch.cat([self.attn1, self.attn2, self.attn3, self.attn4])
         with torch.autocast(v.device.type, enabled=False):  # the (c, c) attention in fp32; the product below not
-            attn = topk_mixed_softmax(_at_least_fp32(logits) * self.temperature, mix)
+            softmax = topk_mixed_softmax if _fast("topk") else topk_masked_softmaxes
+            attn = softmax(_at_least_fp32(logits) * self.temperature, mix)
         out = attn.to(v.dtype) @ v  # (b, heads, c, hw)
         return self.project_out(out.reshape(v.shape[0], -1, h, w))
 
@@ -231,7 +253,7 @@ class FeedForward(nn.Module):
         self.project_out = nn.Conv2d(h2, dim, kernel_size=1, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.jit.is_tracing():  # export (torch.onnx): the weight slices below would be graph inputs to Conv
+        if not _fast("msfn"):
             return self.literal(x)
         h = self.hidden
         x = self.project_in(x)
@@ -245,7 +267,7 @@ class FeedForward(nn.Module):
 
 
     def literal(self, x: torch.Tensor) -> torch.Tensor:
-        """The official formulation (grouped convs on concatenations): what an exported graph runs."""
+        """The official formulation (grouped convs on concatenations)."""
         x = self.project_in(x)
         x1_3, x2_3 = F.relu(self.dwconv3x3(x)).chunk(2, dim=1)
         x1_5, x2_5 = F.relu(self.dwconv5x5(x)).chunk(2, dim=1)
@@ -354,6 +376,8 @@ class ExpertStep(nn.Module):
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """x (b, c, h, w); weights (b, 8): softmax routing weights over all eight operations."""
+        if not _fast("mefc"):
+            return self.literal(x, weights)
         b, c, h, w = x.shape
         n = len(self.op_index)
         features, matrices = zip(*(op.features(x) for op in self._ops.values()))
@@ -368,6 +392,12 @@ class ExpertStep(nn.Module):
         # kernel of known shape)
         out = torch.bmm(weight.reshape(b, c, n * c), experts.reshape(b, n * c, h * w))
         return F.relu(out.reshape(b, c, h, w), inplace=True)
+
+    def literal(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """The official form: every operation in full, scaled by its routing weight, concatenated, 1x1 conv."""
+        kept = weights.index_select(1, self.op_columns)
+        outs = [op(x) * kept[:, k, None, None, None] for k, op in enumerate(self._ops.values())]
+        return self._out(torch.cat(outs, 1))
 
 
 class _PreprocessConv(nn.Module):
@@ -462,35 +492,36 @@ def _stage(level: LevelConfig, cfg: DRSformerConfig) -> nn.Sequential:
     return nn.Sequential(*[TransformerBlock(level.width, b, cfg.bias, cfg.norm_type) for b in level.blocks])
 
 
+def _module(step: Step, c_in: int, c_out: int, cfg: DRSformerConfig) -> nn.Module:
+    """The module of one wiring step, reading ``c_in`` channels and writing ``c_out``."""
+    if step.kind == "stage":
+        return _stage(cfg.level(step.module), cfg)
+    if step.kind == "mefc":
+        return MEFC(c_in, mefc_config(cfg, step.module))
+    if step.kind in ("down", "up"):
+        return Resample(c_in, c_out, down=step.kind == "down")
+    if step.kind == "embed":
+        return PatchEmbed(c_in, c_out)
+    if step.kind == "reduce":
+        return nn.Conv2d(c_in, c_out, 1, bias=cfg.bias)
+    return nn.Conv2d(c_in, c_out, 3, padding=1, bias=cfg.bias)  # output
+
+
 class DRSformer(nn.Module):
     """The DRSformer U-Net; every size comes from ``config``. Any input size (padded to 8, cropped back)."""
 
     def __init__(self, config: DRSformerConfig):
         super().__init__()
         self.config = config
-        enc1, enc2, enc3, lat, dec3, dec2, dec1 = config.levels
-        u3, u2, u1 = config.up_widths
-        self.patch_embed = PatchEmbed(config.in_channels, enc1.width)
-        if config.encoder_mefc is not None:
-            self.encoder_level0 = MEFC(enc1.width, config.encoder_mefc)
-        self.encoder_level1 = _stage(enc1, config)
-        self.down1_2 = Resample(enc1.width, enc2.width, down=True)
-        self.encoder_level2 = _stage(enc2, config)
-        self.down2_3 = Resample(enc2.width, enc3.width, down=True)
-        self.encoder_level3 = _stage(enc3, config)
-        self.down3_4 = Resample(enc3.width, lat.width, down=True)
-        self.latent = _stage(lat, config)
-        self.up4_3 = Resample(lat.width, u3, down=False)
-        self.reduce_chan_level3 = nn.Conv2d(u3 + enc3.width, dec3.width, 1, bias=config.bias)
-        self.decoder_level3 = _stage(dec3, config)
-        self.up3_2 = Resample(dec3.width, u2, down=False)
-        self.reduce_chan_level2 = nn.Conv2d(u2 + enc2.width, dec2.width, 1, bias=config.bias)
-        self.decoder_level2 = _stage(dec2, config)
-        self.up2_1 = Resample(dec2.width, u1, down=False)
-        self.decoder_level1 = _stage(dec1, config)
-        if config.refinement_mefc is not None:
-            self.refinement = MEFC(dec1.width, config.refinement_mefc)
-        self.output = nn.Conv2d(dec1.width, config.out_channels, 3, padding=1, bias=config.bias)
+        self.wiring = steps(config)  # the steps of the wiring (``drsformer.wiring``), in forward order
+        widths = stream_widths(config)
+        for step in self.wiring:  # registered in forward order: the official state-dict order
+            c_in, c_out = sum(widths[r] for r in step.reads), widths[step.writes]
+            setattr(self, step.module, _module(step, c_in, c_out, config))
+        last_read = {r: i for i, step in enumerate(self.wiring) for r in step.reads}
+        # streams no later step reads, dropped after each step (inference holds only the live skips)
+        self._done = [[r for r in step.reads if last_read[r] == i and r != step.writes] for i, step in
+                      enumerate(self.wiring)]  # fmt: skip
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
@@ -498,20 +529,15 @@ class DRSformer(nn.Module):
         return out[..., :h, :w]
 
     def forward_features(self, image: torch.Tensor) -> torch.Tensor:
-        """The official forward, for H and W divisible by 8."""
-        x = self.patch_embed(image)
-        if self.config.encoder_mefc is not None:
-            x = self.encoder_level0(x)
-        enc1 = self.encoder_level1(x)
-        enc2 = self.encoder_level2(self.down1_2(enc1))
-        enc3 = self.encoder_level3(self.down2_3(enc2))
-        x = self.latent(self.down3_4(enc3))
-        x = self.decoder_level3(self.reduce_chan_level3(torch.cat([self.up4_3(x), enc3], 1)))
-        x = self.decoder_level2(self.reduce_chan_level2(torch.cat([self.up3_2(x), enc2], 1)))
-        x = self.decoder_level1(torch.cat([self.up2_1(x), enc1], 1))
-        if self.config.refinement_mefc is not None:
-            x = self.refinement(x)
-        return self.output(x) + image
+        """The official forward, for H and W divisible by 8: every step of the wiring reads its streams
+        (concatenated where there are two) and writes one; the output conv's residual is added to the image."""
+        streams = {"image": image}
+        for step, done in zip(self.wiring, self._done):
+            reads = [streams[r] for r in step.reads]
+            streams[step.writes] = getattr(self, step.module)(reads[0] if len(reads) == 1 else torch.cat(reads, 1))
+            for r in done:
+                del streams[r]
+        return streams["residual"] + image
 
     # ------------------------------------------------------------------------------------------ I/O
     @classmethod

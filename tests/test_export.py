@@ -22,9 +22,10 @@ RAIN100L = ROOT.parent / "shared" / "data" / "rain100L"
 def student():
     torch.manual_seed(0)
     config = DRSformerConfig.preset("tiny")
-    from compress.prune import prune
+    from compress.prune import PruneSpec, prune
 
-    pruned, _ = prune(DRSformer(config), ["head_channels", "ffn", "experts", "width"], "l1", target_macs=0.5)
+    spec = PruneSpec(["head_channels", "ffn", "experts", "width"], "l1", target_macs=0.5)
+    pruned, _ = prune(DRSformer(config), spec)
     return pruned.eval()
 
 

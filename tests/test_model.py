@@ -13,7 +13,9 @@ import torch
 import torch.nn.functional as F
 
 from drsformer import BlockConfig, ConfigError, DRSformer, DRSformerConfig, LevelConfig, MEFCConfig
-from drsformer.model import topk_counts, topk_mixed_softmax
+from drsformer import wiring
+from drsformer.model import EXPORT_FAST, topk_counts, topk_mixed_softmax
+from drsformer.wiring import stream_widths
 from tests.literal_drsformer import LiteralDRSformer
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
@@ -209,6 +211,26 @@ def test_nonuniform_config_forward_and_round_trip(tmp_path):
     assert all(p.grad is not None for p in model.parameters())
 
 
+def test_wiring_is_what_the_forward_runs():
+    """Every top-level module reads the channels and resolution the wiring table says and writes its stream."""
+    cfg = nonuniform_config()
+    model, widths, seen = DRSformer(cfg).eval(), stream_widths(cfg), {}
+    for step in model.wiring:
+        getattr(model, step.module).register_forward_hook(
+            lambda m, args, out, name=step.module: seen.__setitem__(name, (args[0].shape, out.shape))
+        )
+    with torch.no_grad():
+        model(torch.rand(1, 3, 32, 48))
+    assert list(seen) == [s.module for s in wiring.WIRING]  # every step, in forward order (both MEFCs present)
+    for step in wiring.WIRING:
+        (_, c_in, h, w), (_, c_out, _, _) = seen[step.module]
+        assert c_in == sum(widths[r] for r in step.reads), step.module
+        assert c_out == widths[step.writes], step.module
+        assert (h, w) == (32 // 2 ** (step.level - 1), 48 // 2 ** (step.level - 1)), step.module
+    assert wiring.STREAM_PARTS["decoder_level1"] == ("up2_1", "encoder_level1")
+    assert [s.module for s in DRSformer(DRSformerConfig.preset("tiny_nomefc")).wiring if s.kind == "mefc"] == []
+
+
 def test_config_json_round_trip_and_presets():
     for name in ("full", "nomefc", "tiny", "small", "base_cpu"):
         cfg = DRSformerConfig.preset(name)
@@ -375,3 +397,24 @@ def test_attention_logits_and_topk_stay_fp32_under_autocast():
     finally:
         model_module.topk_mixed_softmax = restore
     assert seen["dtype"] == torch.float32 and out.dtype == torch.bfloat16
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit.trace: what torch.onnx's exporter runs
+@pytest.mark.parametrize("rewrite,fast_op", [("topk", "aten::cumsum"), ("msfn", "aten::cat"), ("mefc", "aten::bmm")])
+def test_export_forms_trace_the_same_network(monkeypatch, rewrite, fast_op):
+    """A traced graph (what torch.onnx exports) runs the official or the fast form of each rewrite as
+    ``EXPORT_FAST`` says; both compute the eager network."""
+    torch.manual_seed(0)
+    model = DRSformer(nonuniform_config()).double().eval()
+    x = torch.rand(1, 3, 24, 32, dtype=torch.float64)
+    graphs = {}
+    for fast in (True, False):
+        monkeypatch.setitem(EXPORT_FAST, rewrite, fast)
+        with torch.no_grad():
+            traced = torch.jit.trace(model, x, check_trace=False)
+            assert (traced(x) - model(x)).abs().max() < 1e-10, (rewrite, fast)
+        graphs[fast] = str(traced.inlined_graph)
+    if rewrite == "msfn":  # the official MSFN concatenates; the fast one does not (other modules do)
+        assert graphs[False].count(fast_op) > graphs[True].count(fast_op)
+    else:
+        assert fast_op in graphs[True] and fast_op not in graphs[False]

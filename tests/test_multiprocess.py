@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from drsformer import DRSformer, DRSformerConfig
 from tests.test_train import env, finish, run_teacher, tiny_recipe
 
+pytestmark = pytest.mark.xdist_group("multiprocess")  # one worker builds the launched run once
 ROOT = Path(__file__).resolve().parents[1]
 RAIN100L = ROOT.parent / "shared" / "data" / "rain100L"
 LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines",

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 import torch
 
 from compress.measure import count_macs, count_params, count_params_config
-from compress.prune import UNITS, PruneError, full_plan, prune, slice_model
+from compress.prune import UNITS, PruneError, PruneSpec, full_plan, prune, slice_model, width
 from drsformer import DRSformer, DRSformerConfig
 from drsformer.config import BlockConfig, LevelConfig, MEFCConfig
+from drsformer.wiring import WIRING
 
 
 def even_config(bias: bool = False) -> DRSformerConfig:
@@ -50,10 +53,10 @@ def zero_(t: torch.Tensor, index=slice(None)) -> None:
 
 def test_pruning_nothing_is_the_identity():
     teacher = model_of(even_config())
-    student, _ = prune(teacher, list(UNITS), ratios={kind: 0.0 for kind in UNITS})
+    student, _ = prune(teacher, PruneSpec(list(UNITS), ratios={kind: 0.0 for kind in UNITS}))
     assert student.config == teacher.config
     assert same_output(teacher, student) == 0.0
-    student, _ = prune(teacher, list(UNITS), target_macs=1.0)
+    student, _ = prune(teacher, PruneSpec(list(UNITS), target_macs=1.0))
     assert student.config == teacher.config
 
 
@@ -78,19 +81,19 @@ def test_zeroed_units_prune_exactly(bias):
     if bias:
         zero_(second.attn.project_out.bias), zero_(second.ffn.project_out.bias)
     for kind, ratio in (("heads", 0.5), ("ffn", 0.25), ("blocks", 0.5), ("experts", 0.34), ("steps", 0.34)):
-        student, report = prune(teacher, [kind], criterion="l1", ratios={kind: ratio})
+        student, report = prune(teacher, PruneSpec([kind], criterion="l1", ratios={kind: ratio}))
         assert student.config != teacher.config, kind
         assert count_params(student) < count_params(teacher), kind
         assert same_output(teacher, student) < 1e-12, kind
-    student, _ = prune(teacher, ["heads"], ratios={"heads": 0.5})
+    student, _ = prune(teacher, PruneSpec(["heads"], ratios={"heads": 0.5}))
     assert student.config.levels[0].blocks[0].heads == 1
-    student, _ = prune(teacher, ["experts"], ratios={"experts": 0.34})
+    student, _ = prune(teacher, PruneSpec(["experts"], ratios={"experts": 0.34}))
     assert student.config.encoder_mefc.ops[0] == (0, 7)
 
 
 def test_head_channels_and_odd_msfn_prune_to_a_working_network():
     teacher = model_of(DRSformerConfig.preset("tiny"))  # odd MSFN widths (21, 42, 85, 170)
-    student, _ = prune(teacher, ["head_channels", "ffn"], ratios={"head_channels": 0.5, "ffn": 0.5})
+    student, _ = prune(teacher, PruneSpec(["head_channels", "ffn"], ratios={"head_channels": 0.5, "ffn": 0.5}))
     first = student.config.levels[0].blocks[0]
     assert (first.head_dim, first.ffn_hidden) == (4, 10)  # 8 -> 4 channels per head; 10 of 21 pairs kept -> 2x5
     x = torch.rand(1, 3, 16, 16, dtype=torch.float64)
@@ -101,8 +104,8 @@ def test_head_channels_and_odd_msfn_prune_to_a_working_network():
 def test_global_budget_is_met_and_reported(criterion, tmp_path):
     teacher = DRSformer(DRSformerConfig.preset("tiny"))
     calibration = [(torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32))]
-    student, report = prune(teacher, ["head_channels", "ffn", "experts"], criterion, target_macs=0.5,
-                            calibration=calibration)  # fmt: skip
+    student, report = prune(teacher, PruneSpec(["head_channels", "ffn", "experts"], criterion, target_macs=0.5),
+                            calibration)
     kept = count_macs(student.config) / count_macs(teacher.config)
     assert 0.4 < kept <= 0.5
     assert report.student_config == student.config
@@ -116,7 +119,7 @@ def test_global_budget_is_met_and_reported(criterion, tmp_path):
 
 def test_params_budget_and_the_analytic_parameter_count():
     teacher = DRSformer(DRSformerConfig.preset("tiny"))
-    student, _ = prune(teacher, ["ffn", "heads"], "l2", target_params=0.6)
+    student, _ = prune(teacher, PruneSpec(["ffn", "heads"], "l2", target_params=0.6))
     assert count_params(student) <= 0.6 * count_params(teacher)
     for config in (DRSformerConfig.preset("full"), even_config(bias=True), student.config):
         with torch.device("meta"):
@@ -126,27 +129,27 @@ def test_params_budget_and_the_analytic_parameter_count():
 def test_bad_requests_are_clear_errors():
     teacher = DRSformer(DRSformerConfig.preset("tiny"))
     with pytest.raises(PruneError, match="unknown unit"):
-        prune(teacher, ["channels"], ratios={"channels": 0.5})
+        prune(teacher, PruneSpec(["channels"], ratios={"channels": 0.5}))
     with pytest.raises(PruneError, match=r"ratios.ffn: 1.0 is outside \[0, 1\)"):
-        prune(teacher, ["ffn"], ratios={"ffn": 1.0})
+        prune(teacher, PruneSpec(["ffn"], ratios={"ffn": 1.0}))
     with pytest.raises(PruneError, match="cannot be met"):
-        prune(teacher, ["heads"], target_macs=0.1)
+        prune(teacher, PruneSpec(["heads"], target_macs=0.1))
     with pytest.raises(PruneError, match="taylor needs calibration"):
-        prune(teacher, ["ffn"], "taylor", target_macs=0.5)
+        prune(teacher, PruneSpec(["ffn"], "taylor", target_macs=0.5))
     with pytest.raises(PruneError, match="exactly one of target_macs and target_params"):
-        prune(teacher, ["ffn"], target_macs=0.5, target_params=0.5)
+        prune(teacher, PruneSpec(["ffn"], target_macs=0.5, target_params=0.5))
     with pytest.raises(PruneError, match="criterion"):
-        prune(teacher, ["ffn"], "l3", target_macs=0.5)
+        prune(teacher, PruneSpec(["ffn"], "l3", target_macs=0.5))
     with pytest.raises(PruneError, match=r"max_ratio: 0.0 is outside \(0, 1\]"):
-        prune(teacher, ["ffn"], target_macs=0.5, max_ratio=0.0)
+        prune(teacher, PruneSpec(["ffn"], target_macs=0.5, max_ratio=0.0))
     with pytest.raises(PruneError, match="raise prune.max_ratio"):
-        prune(teacher, ["width"], target_macs=0.5, max_ratio=0.25)
+        prune(teacher, PruneSpec(["width"], target_macs=0.5, max_ratio=0.25))
 
 
 def test_max_ratio_caps_every_family_of_a_global_budget():
     teacher = model_of(DRSformerConfig.preset("tiny"))
-    free, _ = prune(teacher, ["width", "experts"], target_macs=0.5)
-    capped, _ = prune(teacher, ["width", "experts"], target_macs=0.5, max_ratio=0.5)
+    free, _ = prune(teacher, PruneSpec(["width", "experts"], target_macs=0.5))
+    capped, _ = prune(teacher, PruneSpec(["width", "experts"], target_macs=0.5, max_ratio=0.5))
     assert free.config.levels[0].width == 2  # uncapped, the per-MAC ranking empties the full-resolution stream
     assert capped.config.levels[0].width >= 4 and min(len(o) for o in capped.config.refinement_mefc.ops) >= 4
     assert count_macs(capped.config) <= 0.5 * count_macs(teacher.config)
@@ -224,14 +227,33 @@ def test_zeroed_residual_channels_prune_exactly(bias):
     assert same_output(model_of(even_config(bias)), student) > 1e-6
 
 
+@pytest.mark.parametrize("preset", ["tiny_nomefc", "small", "study"])
+def test_width_coupling_covers_every_state_entry(preset):
+    """The coupling (from the wiring) names an owner for every index of every stream-carrying dimension, and
+    each width unit of a stream is written by exactly one conv row block: its writer's."""
+    config = DRSformerConfig.preset(preset)
+    owners = width.owners(config)
+    written = Counter()
+    for key, value in DRSformer(config).state_dict().items():
+        for dim, own in width.coupling(key, value.shape, owners).items():
+            assert len(own) == value.shape[dim], key
+            if dim == 0 and key.split(".")[0] in {s.module for s in WIRING if s.kind in ("embed", "down", "up")}:
+                written.update(own)
+    for stream in ("encoder_level1", "encoder_level2", "up4_3"):
+        per_unit = {n for (s, _), n in written.items() if s == stream}
+        assert per_unit and len(per_unit) == 1, stream  # every unit the same number of rows (4 for up4_3)
+    with pytest.raises(PruneError, match="no width coupling known"):
+        width.coupling("mystery.weight", torch.Size([1]), owners)
+
+
 def test_width_budget_prunes_every_stream_and_round_trips(tmp_path):
     teacher = model_of(DRSformerConfig.preset("tiny"))
-    student, report = prune(teacher, ["width"], ratios={"width": 0.5})
+    student, report = prune(teacher, PruneSpec(["width"], ratios={"width": 0.5}))
     assert [level.width for level in student.config.levels] == [4, 8, 16, 32, 16, 8, 8]
     assert student.config.up_widths == (16, 8, 4)
     assert [row["width"] for row in report.rows()][:2] == ["8 -> 4", "16 -> 8"]
-    student, _ = prune(teacher, ["width", "ffn", "experts"], "taylor", target_macs=0.5,
-                       calibration=[(torch.rand(1, 3, 32, 32, dtype=torch.float64),) * 2])  # fmt: skip
+    student, _ = prune(teacher, PruneSpec(["width", "ffn", "experts"], "taylor", target_macs=0.5),
+                       [(torch.rand(1, 3, 32, 32, dtype=torch.float64),) * 2])
     assert count_macs(student.config) <= 0.5 * count_macs(teacher.config)
     student.save_pretrained(tmp_path)
     again = DRSformer.from_pretrained(tmp_path).double()

@@ -14,7 +14,7 @@ from compress import run
 from compress.distill import Distiller, FeatureTaps, add_lora, attention_kd, merge_lora
 from compress.measure import count_macs
 from compress.plots import regenerate
-from compress.prune import prune
+from compress.prune import PruneSpec, prune
 from compress.recipe import DistillConfig, LoraSpec, load_recipe
 from compress.results import git_state, pareto_front
 from drsformer import STAGES, DRSformer, DRSformerConfig
@@ -98,7 +98,7 @@ def test_feature_taps_and_adapters(teacher_dir):
 
 def test_width_pruned_taps_compare_the_kept_channels(teacher_dir):
     teacher = DRSformer.from_pretrained(teacher_dir)
-    student, report = prune(teacher, ["width"], ratios={"width": 0.5})
+    student, report = prune(teacher, PruneSpec(["width"], ratios={"width": 0.5}))
     assert len(report.kept_channels["latent"]) == 32 and len(report.kept_channels["refinement"]) == 8
     rainy = torch.rand(2, 3, 32, 32)
     # patch_embed's rows are cut, nothing else: the kept channels are the teacher's exactly
@@ -116,7 +116,8 @@ def test_width_pruned_taps_compare_the_kept_channels(teacher_dir):
 
 def test_attention_distillation_compares_the_kept_heads_and_channels(teacher_dir):
     teacher = DRSformer.from_pretrained(teacher_dir)
-    student, report = prune(teacher, ["head_channels", "heads"], ratios={"head_channels": 0.5, "heads": 0.5})
+    spec = PruneSpec(["head_channels", "heads"], ratios={"head_channels": 0.5, "heads": 0.5})
+    student, report = prune(teacher, spec)
     cfg = DistillConfig(attention_weight=1.0)
     distiller = Distiller(teacher, student, cfg, kept_attention=report.kept_attention)
     rainy = torch.rand(2, 3, 32, 32)
@@ -148,7 +149,8 @@ def test_attention_distillation_compares_the_kept_heads_and_channels(teacher_dir
 def test_kept_attention_follows_pruned_blocks():
     torch.manual_seed(0)
     teacher = DRSformer(DRSformerConfig.preset("small"))
-    student, report = prune(teacher, ["blocks", "head_channels"], ratios={"blocks": 0.5, "head_channels": 0.5})
+    spec = PruneSpec(["blocks", "head_channels"], ratios={"blocks": 0.5, "head_channels": 0.5})
+    student, report = prune(teacher, spec)
     student_attn = {n for n, m in student.named_modules() if n.endswith(".attn")}
     teacher_attn = {n for n, m in teacher.named_modules() if n.endswith(".attn")}
     assert set(report.kept_attention) == student_attn and len(student_attn) < len(teacher_attn)
@@ -188,16 +190,19 @@ def test_records_make_a_summary_and_pareto_plots(tmp_path):
     written = regenerate(tmp_path)
     names = {p.name for p in written}
     assert {"summary.md", "pareto_gmacs_256_rain100L.png", "pareto_latency_ms_rain100L.png"} <= names
+    assert "pareto_deployed_ms_rain100L.png" not in names  # no record or benchmark has a deployed latency
     table = (tmp_path / "summary.md").read_text()
     assert table.index("teacher_x") < table.index("| a |") and "32.50 / 0.9000" in table
     assert "| a | 100,101 | 2.500 | 250 | 32.25 [32.00, 32.50] |" in table  # mean over the two seeds
     (tmp_path / "bench").mkdir()
     (tmp_path / "bench" / "study_latency.json").write_text(json.dumps(
-        {"command": "python -m benchmarks.study_latency", "machine": "test", "latency_ms": {"a": 7.0, "a_seed101": 9.0}}
+        {"command": "python -m benchmarks.study_latency", "machine": "test", "latency_ms": {"a": 7.0, "a_seed101": 9.0},
+         "deployed_backend": "openvino:fp32", "deployed_ms": {"a": 3.0, "a_seed101": 4.0, "teacher_x": 6.0}}
     ))  # fmt: skip
-    regenerate(tmp_path)
+    names = {p.name for p in regenerate(tmp_path)}
     table = (tmp_path / "summary.md").read_text()
     assert "| a | 100,101 | 2.500 | 8 |" in table and "latency: side by side" in table
+    assert "deployed: openvino:fp32" in table and "pareto_deployed_ms_rain100L.png" in names
     (runs / "broken.json").write_text("{")
     with pytest.raises(ValueError, match="broken.json: not a valid run record"):
         regenerate(tmp_path)

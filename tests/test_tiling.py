@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from compress.prune import prune
+from compress.prune import PruneSpec, prune
 from drsformer import DRSformer, DRSformerConfig
 from drsformer import tiling as T
 from drsformer.model import Attention, FeedForward, TransformerBlock
@@ -32,7 +32,7 @@ def test_tiles_smaller_than_every_level_give_the_whole_image_output(preset):
 
 def test_a_pruned_student_tiles_exactly():
     teacher = random_model()
-    student, _ = prune(teacher, ["head_channels", "ffn", "experts"], target_macs=0.5)
+    student, _ = prune(teacher, PruneSpec(["head_channels", "ffn", "experts"], target_macs=0.5))
     x = torch.rand(1, 3, 64, 48)
     with torch.no_grad():
         whole = student(x)
