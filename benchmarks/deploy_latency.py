@@ -10,13 +10,14 @@ L1, untrained: latency does not depend on the weights, and each backend's PSNR i
 model's eager PSNR), and the official graph (``tests/literal_drsformer.py``, same weights as the teacher).
 Backends: eager fp32, eager bf16 autocast, torch.compile (inductor, fp32; ``--no-compile`` skips it: its
 first call at each size compiles for minutes), ONNX Runtime fp32, OpenVINO fp32 and bf16 (and int8 with
-``--int8``), all on ``--threads`` threads (2). Medians of ``--repeats`` runs after one warm-up. PSNR: the
+``--int8``), all on ``--threads`` threads (2). Medians of ``--repeats`` rounds after one warm-up round, every
+backend once per round (round-robin, so that the machine's drift hits all alike). PSNR: the
 first ``--limit`` Rain100L images with each backend, when ``../shared/data`` is there.
 
-``--forms``: instead, the teacher exported with each of the model's rewrites in its fast and its official
-form (``drsformer.model.EXPORT_FAST``: all fast, all official, and each one flipped from the current
-setting), timed in ONNX Runtime and OpenVINO fp32/bf16 (``--out`` default ``results/bench/deploy_forms.json``):
-which form an exported graph should use.
+``--forms``: instead, the teacher exported with the model's rewrites in their fast and their official forms
+(``drsformer.model.EXPORT_FAST``: all fast, all official, each one alone official), timed in ONNX Runtime and
+OpenVINO fp32/bf16 (``--out`` default ``results/bench/deploy_forms.json``): which forms each runtime's export
+uses (``compress.export.RUNTIME_FORMS``).
 """
 
 from __future__ import annotations
@@ -24,10 +25,8 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -52,16 +51,11 @@ class _Autocast(torch.nn.Module):
             return self.model(x).float()
 
 
-def median_s(model, size: int, repeats: int) -> float:
-    x = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        model(x)
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            model(x)
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def median_s(backends: dict, size: int, repeats: int) -> dict:
+    """Median seconds of one forward per backend, all interleaved round by round (drift hits each alike)."""
+    from benchmarks.study_latency import round_robin_ms
+
+    return {key: ms / 1000 for key, ms in round_robin_ms(backends, size, repeats).items()}
 
 
 def psnr(model, limit: int) -> float | None:
@@ -128,29 +122,28 @@ def plot(record: dict, out: Path) -> Path:
 
 def forms(teacher: DRSformer, args) -> dict:
     """Seconds per backend for the teacher exported with each combination of fast and official forms."""
-    from drsformer import model as drs
+    from compress.export import RUNTIME_FORMS
+    from drsformer.model import EXPORT_FAST
 
-    default = dict(drs.EXPORT_FAST)
-    variants = {"all_fast": {k: True for k in default}, "all_official": {k: False for k in default},
-                "current": default}  # fmt: skip
-    variants.update({f"flip_{k}": {**default, k: not v} for k, v in default.items()})
-    record = {"forms": variants, "seconds": {}, "psnr_y_db": {}}
+    default = dict(EXPORT_FAST)
+    candidates = {"all_fast": dict.fromkeys(default, True), "all_official": dict.fromkeys(default, False),
+                  **{f"official_{k}_only": {**dict.fromkeys(default, True), k: False} for k in default}}  # fmt: skip
+    variants = {}
+    for name, setting in candidates.items():  # each distinct setting once, under its first name
+        if setting not in variants.values():
+            variants[name] = setting
+    record = {"forms": variants, "runtime_forms_when_run": RUNTIME_FORMS, "seconds": {}, "psnr_y_db": {}}
     with tempfile.TemporaryDirectory() as tmp:
         backends = {}
         for name, setting in variants.items():
-            drs.EXPORT_FAST.update(setting)
-            try:
-                onnx = export_onnx(teacher, Path(tmp) / f"{name}.onnx")
-                xml = export_openvino(teacher, Path(tmp) / f"{name}.xml", "fp32")
-            finally:
-                drs.EXPORT_FAST.update(default)
+            onnx = export_onnx(teacher, Path(tmp) / f"{name}.onnx", forms=setting)
+            xml = export_openvino(teacher, Path(tmp) / f"{name}.xml", "fp32", forms=setting)
             backends[name, "onnxruntime_fp32"] = DeployedModel(onnx, threads=args.threads)
             backends[name, "openvino_fp32"] = DeployedModel(xml, "fp32", threads=args.threads)
             backends[name, "openvino_bf16"] = DeployedModel(xml, "bf16", threads=args.threads)
             print(f"exported {name}: {setting}", flush=True)
         for size in args.sizes:
-            for (name, backend), model in backends.items():
-                seconds = median_s(model, size, args.repeats)
+            for (name, backend), seconds in median_s(backends, size, args.repeats).items():
                 record["seconds"].setdefault(str(size), {}).setdefault(name, {})[backend] = seconds
                 print(size, name, backend, f"{seconds:.3f} s", flush=True)
         for (name, backend), model in backends.items():
@@ -226,10 +219,9 @@ def main(argv=None) -> None:
                 backends[(name, "openvino_int8")] = DeployedModel(q, "int8", threads=args.threads)
             print(f"exported {name}", flush=True)
         for size in args.sizes:  # every backend of every model, round after round, in one process
-            for (name, backend), model in backends.items():
-                record["seconds"].setdefault(str(size), {}).setdefault(name, {})[backend] = median_s(
-                    model, size, args.repeats)  # fmt: skip
-                print(size, name, backend, f"{record['seconds'][str(size)][name][backend]:.3f} s", flush=True)
+            for (name, backend), seconds in median_s(backends, size, args.repeats).items():
+                record["seconds"].setdefault(str(size), {}).setdefault(name, {})[backend] = seconds
+                print(size, name, backend, f"{seconds:.3f} s", flush=True)
             write_json(args.out, record)
         for (name, backend), model in backends.items():
             if name != "official_graph":  # the official forward needs sizes divisible by 8 (Rain100 is not)

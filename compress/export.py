@@ -34,6 +34,10 @@ from drsformer.io import write_json
 
 INT8_BUDGET_DB = 0.1
 EXPORT_SIZE = (61, 75)  # traced at a size that needs padding, so the graph pads every size
+# Per runtime, the form of each rewrite in its exported graph (``drsformer.model.EXPORT_FAST``), as measured by
+# ``benchmarks/deploy_latency.py --forms`` (results/bench/deploy_forms.json): ONNX Runtime runs the fast forms
+# faster, OpenVINO the official ones (four masked softmaxes; every expert's own 1x1 conv).
+RUNTIME_FORMS = {"onnxruntime": {"topk": True, "mefc": True}, "openvino": {"topk": False, "mefc": False}}
 
 
 def _requires(module: str, extra: str = "deploy"):
@@ -45,13 +49,16 @@ def _requires(module: str, extra: str = "deploy"):
         raise UserError(f"{module} is not installed; pip install -e '.[{extra}]'") from None
 
 
-def export_onnx(model: nn.Module, out: Path, size: tuple[int, int] = EXPORT_SIZE) -> Path:
-    """``model`` as an ONNX graph (opset 17, dynamic height and width, traced at ``size``), written atomically."""
+def export_onnx(model: nn.Module, out: Path, size: tuple[int, int] = EXPORT_SIZE, forms: dict | None = None) -> Path:
+    """``model`` as an ONNX graph (opset 17, dynamic height and width, traced at ``size``), written atomically;
+    ``forms``: the rewrites' forms (default: ONNX Runtime's, ``RUNTIME_FORMS``)."""
+    from drsformer.model import export_forms
+
     model = model.eval().cpu()
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         path = Path(tmp) / out.name
-        with torch.no_grad():
+        with torch.no_grad(), export_forms(**(RUNTIME_FORMS["onnxruntime"] if forms is None else forms)):
             axes = {"rainy": {2: "height", 3: "width"}, "derained": {2: "height", 3: "width"}}
             torch.onnx.export(model, (torch.rand(1, 3, *size),), str(path), opset_version=17, dynamo=False,
                               input_names=["rainy"], output_names=["derained"], dynamic_axes=axes)  # fmt: skip
@@ -60,12 +67,14 @@ def export_onnx(model: nn.Module, out: Path, size: tuple[int, int] = EXPORT_SIZE
 
 
 def export_openvino(model: nn.Module, out: Path, precision: str, calibration: list[torch.Tensor] | None = None,
-                    size: tuple[int, int] = EXPORT_SIZE) -> Path:  # fmt: skip
-    """``model`` as an OpenVINO IR (``out`` = ``.xml``, with its ``.bin``), fp32 weights; int8 through NNCF."""
+                    size: tuple[int, int] = EXPORT_SIZE, forms: dict | None = None) -> Path:  # fmt: skip
+    """``model`` as an OpenVINO IR (``out`` = ``.xml``, with its ``.bin``), fp32 weights; int8 through NNCF;
+    ``forms`` as in ``export_onnx`` (default: OpenVINO's)."""
     ov = _requires("openvino")
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
-        onnx_path = export_onnx(model, Path(tmp) / "model.onnx", size)
+        forms = RUNTIME_FORMS["openvino"] if forms is None else forms
+        onnx_path = export_onnx(model, Path(tmp) / "model.onnx", size, forms)
         ov_model = ov.convert_model(str(onnx_path))
         if precision == "int8":
             nncf = _requires("nncf")

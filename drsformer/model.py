@@ -23,7 +23,7 @@ Forward differences from the official code, each exact up to float rounding:
   ``DEPTHWISE_BACKWARD`` overrides the choice.
 - An exported (traced) graph runs, per rewrite, the fast form or the official one as ``EXPORT_FAST`` says:
   what is fastest in eager PyTorch need not be in ONNX Runtime or OpenVINO
-  (``benchmarks/deploy_latency.py --forms`` measures each).
+  (``benchmarks/deploy_latency.py --forms`` measures each; ``compress.export`` picks per runtime).
 - Nothing in the forward waits for the device: index tensors come from ``arange`` comparisons or
   non-persistent buffers, never from Python lists copied to the device. Under autocast the attention's
   cosine logits and their top-k stay in fp32, so low precision never changes which channels are kept.
@@ -31,6 +31,7 @@ Forward differences from the official code, each exact up to float rounding:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -49,13 +50,28 @@ class CheckpointError(ValueError, TypeError):
 
 TOPK_RATIOS = ((1, 2), (2, 3), (3, 4), (4, 5))  # the four TKSA branches, as num/den
 PAD_MULTIPLE = 8  # three 2x downsamplings
-# Per rewrite, whether a traced graph (torch.onnx export) uses the fast form (True) or the official one. Set
-# from benchmarks/deploy_latency.py --forms (results/bench/deploy_forms.json); eager PyTorch is always fast.
-EXPORT_FAST = {"topk": True, "msfn": False, "mefc": True}
+# Per rewrite, whether a traced graph (torch.onnx export) uses the fast form (True) or the official one; eager
+# PyTorch always runs the fast forms. ``compress.export`` chooses per runtime (``export_forms``). MSFN's fast
+# form is not exportable (ONNX's Conv needs a kernel of known shape, not a slice of a weight).
+EXPORT_FAST = {"topk": True, "mefc": True}
 
 
 def _fast(rewrite: str) -> bool:
     return EXPORT_FAST[rewrite] or not torch.jit.is_tracing()
+
+
+@contextlib.contextmanager
+def export_forms(**fast: bool):
+    """Inside: traced graphs use the given forms (``topk=False``: the official four masked softmaxes)."""
+    unknown = set(fast) - set(EXPORT_FAST)
+    if unknown:
+        raise KeyError(f"no rewrite {sorted(unknown)}; the rewrites are {sorted(EXPORT_FAST)}")
+    saved = dict(EXPORT_FAST)
+    EXPORT_FAST.update(fast)
+    try:
+        yield
+    finally:
+        EXPORT_FAST.update(saved)
 
 
 def topk_counts(c: int) -> tuple[int, ...]:
@@ -253,7 +269,7 @@ class FeedForward(nn.Module):
         self.project_out = nn.Conv2d(h2, dim, kernel_size=1, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not _fast("msfn"):
+        if torch.jit.is_tracing():  # export: ONNX's Conv needs a kernel of known shape, not a weight slice
             return self.literal(x)
         h = self.hidden
         x = self.project_in(x)
