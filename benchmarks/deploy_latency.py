@@ -16,8 +16,9 @@ first ``--limit`` Rain100L images with each backend, when ``../shared/data`` is 
 
 ``--forms``: instead, the teacher exported with the model's rewrites in their fast and their official forms
 (``drsformer.model.EXPORT_FAST``: all fast, all official, each one alone official), timed in ONNX Runtime and
-OpenVINO fp32/bf16 (``--out`` default ``results/bench/deploy_forms.json``): which forms each runtime's export
-uses (``compress.export.RUNTIME_FORMS``).
+OpenVINO fp32/bf16 (and int8 with ``--int8``), PSNR on the first ``--limit`` images of Rain100L and Rain100H
+(``--out`` default ``results/bench/deploy_forms.json``): which forms each runtime's export uses
+(``compress.export.RUNTIME_FORMS``).
 """
 
 from __future__ import annotations
@@ -58,12 +59,12 @@ def median_s(backends: dict, size: int, repeats: int) -> dict:
     return {key: ms / 1000 for key, ms in round_robin_ms(backends, size, repeats).items()}
 
 
-def psnr(model, limit: int) -> float | None:
-    if not (SHARED / "rain100L").is_dir() or limit == 0:
+def psnr(model, limit: int, test_set: str = "rain100L") -> float | None:
+    if not (SHARED / test_set).is_dir() or limit == 0:
         return None
     from compress.evaluate import evaluate
 
-    return evaluate(model, {"rain100L": str(SHARED / "rain100L")}, limit=limit, show=False)["rain100L"]["psnr_y_db"]
+    return evaluate(model, {test_set: str(SHARED / test_set)}, limit=limit, show=False)[test_set]["psnr_y_db"]
 
 
 def literal_of(teacher: DRSformer) -> torch.nn.Module:
@@ -141,13 +142,21 @@ def forms(teacher: DRSformer, args) -> dict:
             backends[name, "onnxruntime_fp32"] = DeployedModel(onnx, threads=args.threads)
             backends[name, "openvino_fp32"] = DeployedModel(xml, "fp32", threads=args.threads)
             backends[name, "openvino_bf16"] = DeployedModel(xml, "bf16", threads=args.threads)
+            if args.int8:
+                from compress.export import calibration_patches
+
+                q = export_openvino(teacher, Path(tmp) / f"{name}_int8.xml", "int8", calibration_patches(None),
+                                    forms=setting)  # fmt: skip
+                backends[name, "openvino_int8"] = DeployedModel(q, "int8", threads=args.threads)
             print(f"exported {name}: {setting}", flush=True)
         for size in args.sizes:
             for (name, backend), seconds in median_s(backends, size, args.repeats).items():
                 record["seconds"].setdefault(str(size), {}).setdefault(name, {})[backend] = seconds
                 print(size, name, backend, f"{seconds:.3f} s", flush=True)
-        for (name, backend), model in backends.items():
-            record["psnr_y_db"].setdefault(name, {})[backend] = psnr(model, args.limit)
+        for (name, backend), model in backends.items():  # both sets: int8's error differs between them
+            for test_set in ("rain100L", "rain100H"):
+                record["psnr_y_db"].setdefault(test_set, {}).setdefault(name, {})[backend] = psnr(
+                    model, args.limit, test_set)  # fmt: skip
     return record
 
 
@@ -209,9 +218,9 @@ def main(argv=None) -> None:
             size = (64, 64) if name == "official_graph" else (61, 75)  # the official forward needs multiples of 8
             onnx = export_onnx(model, Path(tmp) / f"{name}.onnx", size)
             backends[(name, "onnxruntime_fp32")] = DeployedModel(onnx, threads=args.threads)
-            xml = export_openvino(model, Path(tmp) / f"{name}.xml", "fp32", size=size)
-            backends[(name, "openvino_fp32")] = DeployedModel(xml, "fp32", threads=args.threads)
-            backends[(name, "openvino_bf16")] = DeployedModel(xml, "bf16", threads=args.threads)
+            for precision in ("fp32", "bf16"):  # each with its own forms (compress.export.RUNTIME_FORMS)
+                xml = export_openvino(model, Path(tmp) / f"{name}_{precision}.xml", precision, size=size)
+                backends[(name, f"openvino_{precision}")] = DeployedModel(xml, precision, threads=args.threads)
             if args.int8:
                 from compress.export import calibration_patches
 

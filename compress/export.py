@@ -14,7 +14,8 @@ difference and both PSNRs per set. Top-k near-ties can flip between runtimes, so
 (the IR stays fp32; the precision travels in ``<out>.deploy.json``). ONNX exports are fp32.
 
 ``DeployedModel(path)`` runs an exported artefact like a model (``compress.evaluate`` accepts ``.onnx`` and
-``.xml`` files), so a record's PSNR can be that of what is deployed.
+``.xml`` files), so a record's PSNR can be that of what is deployed. Each runtime and precision gets the graph
+its runtime runs fastest (``RUNTIME_FORMS``: the eager rewrites or the official forms, same network).
 """
 
 from __future__ import annotations
@@ -34,10 +35,17 @@ from drsformer.io import write_json
 
 INT8_BUDGET_DB = 0.1
 EXPORT_SIZE = (61, 75)  # traced at a size that needs padding, so the graph pads every size
-# Per runtime, the form of each rewrite in its exported graph (``drsformer.model.EXPORT_FAST``), as measured by
-# ``benchmarks/deploy_latency.py --forms`` (results/bench/deploy_forms.json): ONNX Runtime runs the fast forms
-# faster, OpenVINO the official ones (four masked softmaxes; every expert's own 1x1 conv).
-RUNTIME_FORMS = {"onnxruntime": {"topk": True, "mefc": True}, "openvino": {"topk": False, "mefc": False}}
+# Per runtime and precision, the form of each rewrite in the exported graph (``drsformer.model.EXPORT_FAST``: the
+# fast form or the official one), the fastest in ``benchmarks/deploy_latency.py --forms`` at 256 and 512 on the
+# tiny teacher (results/bench/deploy_forms.json): OpenVINO fp32 runs the official forms (four masked softmaxes,
+# every expert's own 1x1 conv) fastest, OpenVINO bf16 the fast ones, ONNX Runtime the official top-k with the
+# folded MEFC. int8 quantizes the fp32 graph.
+RUNTIME_FORMS = {
+    "onnxruntime": {"topk": False, "mefc": True},
+    "openvino_fp32": {"topk": False, "mefc": False},
+    "openvino_bf16": {"topk": True, "mefc": True},
+    "openvino_int8": {"topk": False, "mefc": False},
+}
 
 
 def _requires(module: str, extra: str = "deploy"):
@@ -69,11 +77,11 @@ def export_onnx(model: nn.Module, out: Path, size: tuple[int, int] = EXPORT_SIZE
 def export_openvino(model: nn.Module, out: Path, precision: str, calibration: list[torch.Tensor] | None = None,
                     size: tuple[int, int] = EXPORT_SIZE, forms: dict | None = None) -> Path:  # fmt: skip
     """``model`` as an OpenVINO IR (``out`` = ``.xml``, with its ``.bin``), fp32 weights; int8 through NNCF;
-    ``forms`` as in ``export_onnx`` (default: OpenVINO's)."""
+    ``forms`` as in ``export_onnx`` (default: ``RUNTIME_FORMS`` for OpenVINO at ``precision``)."""
     ov = _requires("openvino")
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
-        forms = RUNTIME_FORMS["openvino"] if forms is None else forms
+        forms = RUNTIME_FORMS[f"openvino_{precision}"] if forms is None else forms
         onnx_path = export_onnx(model, Path(tmp) / "model.onnx", size, forms)
         ov_model = ov.convert_model(str(onnx_path))
         if precision == "int8":

@@ -117,34 +117,51 @@ def summary_markdown(records: list[dict], latency_note: str | None = None) -> st
         lines) + "\n\n" + "\n".join(notes) + "\n"  # fmt: skip
 
 
+def _per_image_psnr(runs: list[dict], test_set: str) -> dict[str, float]:
+    """Per image, the PSNR averaged over ``runs`` (the seeds of one recipe), for the images every run scored."""
+    tables = [{row["name"]: row["psnr_y_db"] for row in run.get("sets", {}).get(test_set, {}).get("per_image") or []
+               if "psnr_y_db" in row} for run in runs]  # fmt: skip
+    names = set.intersection(*(set(t) for t in tables)) if tables else set()
+    return {name: fmean([t[name] for t in tables]) for name in names}
+
+
+def _teacher_of(group: dict) -> str:
+    return Path((group["runs"][0]["recipe"].get("teacher") or {}).get("recipe") or "").stem
+
+
 def _differences_to_teacher(records: list[dict]) -> list[str]:
-    """Each student's PSNR minus its teacher's, per set, with a paired bootstrap 95% interval over the images
-    both scored (records with per-image rows only); an interval that contains 0 cannot be told from zero."""
+    """Each student's PSNR minus its teacher's and minus every control's of the same teacher (``control: true``
+    recipes), per set, with a paired bootstrap 95% interval over the images both scored (records with per-image
+    rows; a recipe's seeds averaged per image first); an interval that contains 0 cannot be told from zero."""
     from compress.results import paired_bootstrap
 
-    teachers = {r["recipe"]["name"]: r for r in records if r["role"] == "teacher"}
+    groups = group_by_recipe(records)
+    teachers = {g["stem"]: g for g in groups if g["role"] == "teacher"}
+    controls = [g for g in groups if g["runs"][0]["recipe"].get("control")]
     rows = []
-    for r in sorted(records, key=lambda r: r["stem"]):
-        spec = r["recipe"].get("teacher") or {}
-        teacher = teachers.get(Path(spec.get("recipe") or "").stem)
-        if r["role"] != "student" or teacher is None:
+    for g in sorted(groups, key=lambda g: g["stem"]):
+        if g["role"] != "student" or _teacher_of(g) not in teachers:
             continue
-        for name, row in sorted(r.get("sets", {}).items()):
-            ours, theirs = row.get("per_image"), teacher.get("sets", {}).get(name, {}).get("per_image")
-            if not ours or not theirs or "psnr_y_db" not in ours[0]:
-                continue
-            by_name = {t["name"]: t["psnr_y_db"] for t in theirs}
-            pairs = [(o["psnr_y_db"], by_name[o["name"]]) for o in ours if o["name"] in by_name]
-            if not pairs:
-                continue
-            mean, lo, hi = paired_bootstrap(*map(list, zip(*pairs)))
-            verdict = "cannot be told from 0" if lo <= 0 <= hi else ("above" if lo > 0 else "below")
-            interval = f"{mean:+.3f} [{lo:+.3f}, {hi:+.3f}]"
-            rows.append(f"| {r['stem']} | {teacher['stem']} | {name} | {len(pairs)} | {interval} | {verdict} |")
+        teacher = _teacher_of(g)
+        references = [teachers[teacher]] + [c for c in controls if c is not g and _teacher_of(c) == teacher]
+        for ref in references:
+            for name in sorted(g["sets"]):
+                ours, theirs = _per_image_psnr(g["runs"], name), _per_image_psnr(ref["runs"], name)
+                common = sorted(set(ours) & set(theirs))
+                if not common:
+                    continue
+                mean, lo, hi = paired_bootstrap([ours[n] for n in common], [theirs[n] for n in common])
+                verdict = "cannot be told from 0" if lo <= 0 <= hi else ("above" if lo > 0 else "below")
+                interval = f"{mean:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+                seeds = f"{len(g['seeds'])}/{len(ref['seeds'])}"
+                cells = [g["stem"], ref["stem"], name, str(len(common)), seeds, interval, verdict]
+                rows.append("| " + " | ".join(cells) + " |")
     if not rows:
         return []
-    return ["", "Student minus teacher, PSNR (dB), mean over images with a paired bootstrap 95% interval:", "",
-            "| student | teacher | set | images | difference [95% CI] | verdict |", "|---|---|---|---|---|---|", *rows]
+    return ["", "Student minus teacher and minus each control, PSNR (dB): mean over images (each recipe's seeds "
+            "averaged per image) with a paired bootstrap 95% interval over images:", "",
+            "| student | reference | set | images | seeds | difference [95% CI] | verdict |",
+            "|---|---|---|---|---|---|---|", *rows]  # fmt: skip
 
 
 LABEL_LINE, LABEL_CHAR = 1.5, 0.55  # label height and mean character width, in font sizes

@@ -295,6 +295,9 @@ class Recipe(Strict):
     distill: DistillConfig | None = None
     lora: LoraSpec | None = None
     student_init: Literal["pruned", "random"] = "pruned"  # random: the same student config from scratch
+    # a control run (the teacher trained on, a scratch student): summary.md compares every student of the same
+    # teacher with it as with the teacher
+    control: bool = False
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()

@@ -10,7 +10,7 @@ import torch
 
 from compress import evaluate
 from compress.console import UserError
-from compress.export import DeployedModel, export
+from compress.export import RUNTIME_FORMS, DeployedModel, export
 from drsformer import DRSformer, DRSformerConfig
 
 pytest.importorskip("onnxruntime")
@@ -36,7 +36,8 @@ def test_onnx_export_of_a_pruned_student_matches_pytorch_at_any_size(tmp_path, s
     assert row["images"] == 2 and row["max_abs_difference"] < 1e-5 and abs(row["psnr_difference_db"]) < 1e-3
     assert json.loads((tmp_path / "s.check.json").read_text())["kept"]
     onnx = pytest.importorskip("onnx")
-    assert "CumSum" in {node.op_type for node in onnx.load(tmp_path / "s.onnx").graph.node}  # ORT: the fast top-k
+    ops = {node.op_type for node in onnx.load(tmp_path / "s.onnx").graph.node}
+    assert ("CumSum" in ops) == RUNTIME_FORMS["onnxruntime"]["topk"]  # the fast top-k's prefix sums, or the official
     deployed = DeployedModel(tmp_path / "s.onnx")
     for size in ((37, 50), (64, 64), (9, 100)):  # dynamic height and width, padding inside the graph
         x = torch.rand(1, 3, *size)
@@ -57,7 +58,7 @@ def test_openvino_fp32_and_bf16(tmp_path, student):
         deployed = DeployedModel(tmp_path / f"s_{precision}.xml")
         assert deployed.precision == precision and (tmp_path / f"s_{precision}.bin").is_file()
         ops = [op.get_type_name() for op in ov.Core().read_model(tmp_path / f"s_{precision}.xml").get_ops()]
-        assert "CumSum" not in ops and "TopK" in ops  # OpenVINO: the official four masked softmaxes
+        assert "TopK" in ops and ("CumSum" in ops) == RUNTIME_FORMS[f"openvino_{precision}"]["topk"]  # its forms
         assert (deployed(x) - ref).abs().max().item() < tol
 
 

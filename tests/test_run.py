@@ -293,3 +293,13 @@ def test_summary_gives_paired_bootstrap_intervals_and_published_figures(tmp_path
     line = next(line for line in table.splitlines() if line.startswith("| s | teacher_t | rain100L | 20 |"))
     assert "-0.291 [-0.29" in line and line.endswith("| below |")  # -0.3 + mean(0, .01, .02 repeating)
     assert "| teacher_t | rain100L | 30.95 / 0.9000 | 31.00 / 0.9500 | -0.05 dB |" in table
+    # a control of the same teacher (here: the teacher trained on, two seeds averaged per image) is a reference too
+    control = {**student, "stem": "c", "recipe": {**student["recipe"], "name": "c", "control": True},
+               "sets": {"rain100L": {"psnr_y_db": 30.7, "ssim_y": 0.9, "per_image": worse}}}  # fmt: skip
+    shifted = [dict(r, psnr_y_db=r["psnr_y_db"] - 0.2) for r in worse]
+    control_seed = {**control, "stem": "c_seed101", "recipe": {**control["recipe"], "seed": 101},
+                    "sets": {"rain100L": {"psnr_y_db": 30.5, "ssim_y": 0.9, "per_image": shifted}}}  # fmt: skip
+    table = summary_markdown([teacher, student, control, control_seed])
+    line = next(line for line in table.splitlines() if line.startswith("| s | c | rain100L | 20 | 1/2 |"))
+    assert "+0.100 [+0.100, +0.100]" in line and line.endswith("| above |")  # s minus the mean of c's two seeds
+    assert not any(line.startswith("| c | c |") for line in table.splitlines())

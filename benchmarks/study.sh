@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The second study protocol (issue 19): the paper-shaped `study` teacher trained to its plateau
+# (recipes/teacher_study.yaml), then every study_* recipe against it: students at 50/33/25% of its MACs and 50%
+# of its parameters, feature / output / no distillation, LoRA, real rain, unit families at 75%, and the controls
+# (the teacher trained for the students' steps, the scratch student at equal and at full budget). Each record scores
+# all 100 + 100 Rain100L/H images and McMaster18's held-out synthetic rain, per image, into results/runs/; then the
+# latency of every final model side by side, eager and deployed (OpenVINO), results/summary.md (differences to the
+# teacher and to every control with paired bootstrap intervals) and the Pareto plots.
+#   benchmarks/study.sh                   # everything, one run at a time
+#   JOBS=2 benchmarks/study.sh            # two runs at once, one thread each
+#   STUDY="study_prune50_distill:100" benchmarks/study.sh
+# STUDY lists recipe:seed pairs: by default three seeds (100-102) for the main comparisons, one for the rest.
+set -euo pipefail
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
+JOBS=${JOBS:-1}
+MAIN="study_prune50_distill study_prune50_outputkd study_prune50_finetune study_scratch50 study_teacher_continued"
+REST="study_prune33_distill study_prune25_distill study_params50_distill study_scratch50_long study_prune50_lora
+study_prune50_realrain study_prune75_distill study_prune75_experts study_prune75_depth study_prune75_width"
+DEFAULT=$(for r in $MAIN; do for s in 100 101 102; do echo "$r:$s"; done; done; for r in $REST; do echo "$r:100"; done)
+STUDY=${STUDY:-$DEFAULT}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$((JOBS > 1 ? 1 : 2))}
+
+# the teacher: resumes to the end of its schedule (see results/README.md), then its record (evaluation only)
+python compress/train_teacher.py recipes/teacher_study.yaml --resume
+python -m benchmarks.learning_curve runs/teacher_study --out results/teacher_study
+python compress/run.py recipes/teacher_study.yaml --resume
+
+printf '%s\n' $STUDY | xargs -P "$JOBS" -I{} bash -c \
+    'item={}; python compress/run.py "recipes/${item%:*}.yaml" --set "seed=${item#*:}"'
+OMP_NUM_THREADS=2 python -m benchmarks.study_latency --deployed openvino:fp32
+python -m compress.plots
