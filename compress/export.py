@@ -36,15 +36,16 @@ from drsformer.io import write_json
 INT8_BUDGET_DB = 0.1
 EXPORT_SIZE = (61, 75)  # traced at a size that needs padding, so the graph pads every size
 # Per runtime and precision, the form of each rewrite in the exported graph (``drsformer.model.EXPORT_FAST``: the
-# fast form or the official one), the fastest in ``benchmarks/deploy_latency.py --forms`` at 256 and 512 on the
-# tiny teacher (results/bench/deploy_forms.json): OpenVINO fp32 runs the official forms (four masked softmaxes,
-# every expert's own 1x1 conv) fastest, OpenVINO bf16 the fast ones, ONNX Runtime the official top-k with the
-# folded MEFC. int8 quantizes the fp32 graph.
+# fast form or the official one), from ``benchmarks/deploy_latency.py --forms --int8`` at 256 and 512 on the tiny
+# teacher (results/bench/deploy_forms.json): OpenVINO fp32 runs the official forms (four masked softmaxes, every
+# expert's own 1x1 conv) fastest at 256, OpenVINO bf16 the fast ones, ONNX Runtime the official top-k with the
+# folded MEFC at 512; int8 needs the fast top-k (quantized, the official masked softmaxes cost 0.8 dB on Rain100L
+# and 3.7 dB on Rain100H; the fast form's prefix sums none) and runs it fastest too.
 RUNTIME_FORMS = {
     "onnxruntime": {"topk": False, "mefc": True},
     "openvino_fp32": {"topk": False, "mefc": False},
     "openvino_bf16": {"topk": True, "mefc": True},
-    "openvino_int8": {"topk": False, "mefc": False},
+    "openvino_int8": {"topk": True, "mefc": True},
 }
 
 
