@@ -94,6 +94,27 @@ def best_backends(record: dict, size: str) -> dict[str, tuple[str, float]]:
     return best
 
 
+def markdown(record: dict) -> str:
+    """The record's tables: seconds per model and backend at each size, then each backend's PSNR minus eager fp32."""
+    lines = []
+    for size, models in record["seconds"].items():
+        backends = list(next(iter(models.values())))
+        lines += ["", f"| {size}x{size}, seconds | " + " | ".join(backends) + " |", "|---" * (len(backends) + 1) + "|"]
+        for name, times in models.items():
+            gmacs = record["gmacs_256"].get(name)
+            label = f"{name} ({gmacs:.2f} GMACs)" if gmacs is not None else name
+            lines.append(f"| {label} | " + " | ".join(f"{times[b]:.3f}" for b in backends) + " |")
+    psnrs = {name: row for name, row in record.get("psnr_y_db", {}).items() if row.get("eager_fp32") is not None}
+    if psnrs:
+        backends = [b for b in next(iter(psnrs.values())) if b != "eager_fp32"]
+        header = "| PSNR minus eager fp32 (dB) | " + " | ".join(backends) + " |"
+        lines += ["", header, "|---" * (len(backends) + 1) + "|"]
+        for name, row in psnrs.items():
+            cells = ["-" if row.get(b) is None else f"{row[b] - row['eager_fp32']:+.3f}" for b in backends]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines[1:]) + "\n"
+
+
 def plot(record: dict, out: Path) -> Path:
     """Latency at each size against GMACs: eager fp32 and the best deployed backend of every model."""
     import matplotlib
@@ -162,7 +183,7 @@ def forms(teacher: DRSformer, args) -> dict:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--plot-only", type=Path, help="redraw the plot of an existing JSON and stop")
+    parser.add_argument("--plot-only", type=Path, help="redraw the plot of an existing JSON, print its tables, stop")
     parser.add_argument("--teacher", help="save_pretrained folder (default: --preset with random weights)")
     parser.add_argument("--preset", default="full")
     parser.add_argument("--targets", type=float, nargs="*", default=[0.5, 0.25])
@@ -178,7 +199,9 @@ def main(argv=None) -> None:
     if args.plot_only:
         import json
 
-        print(f"wrote {plot(json.loads(args.plot_only.read_text()), args.plot_only.with_suffix('.png'))}")
+        record = json.loads(args.plot_only.read_text())
+        print(markdown(record))
+        print(f"wrote {plot(record, args.plot_only.with_suffix('.png'))}")
         return
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -188,8 +211,9 @@ def main(argv=None) -> None:
     if args.forms:
         out = args.out or Path("results/bench/deploy_forms.json")
         record = {"command": command, "machine": machine, "teacher": args.teacher or f"random:{args.preset}",
-                  "scale": f"medians of {args.repeats} forwards of one square image after a warm-up; PSNR on the "
-                           f"first {args.limit} Rain100L images", **forms(teacher, args)}  # fmt: skip
+                  "scale": f"medians of {args.repeats} round-robin rounds of one square image after a warm-up "
+                           f"round; PSNR on the first {args.limit} Rain100L and Rain100H images",
+                  **forms(teacher, args)}  # fmt: skip
         write_json(out, record)
         print(f"wrote {out}")
         return
@@ -203,8 +227,8 @@ def main(argv=None) -> None:
         "command": command,
         "machine": machine,
         "teacher": args.teacher or f"random:{args.preset}",
-        "scale": f"medians of {args.repeats} forwards of one square image after a warm-up; PSNR on the first "
-                 f"{args.limit} Rain100L images; students pruned without training",
+        "scale": f"medians of {args.repeats} round-robin rounds of one square image after a warm-up round; PSNR "
+                 f"on the first {args.limit} Rain100L images; students pruned without training",
         "gmacs_256": {name: count_macs(m.config, 256, 256) / 1e9 for name, m in models.items()},
         "seconds": {}, "psnr_y_db": {},
     }  # fmt: skip
