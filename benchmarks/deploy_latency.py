@@ -122,17 +122,18 @@ def plot(record: dict, out: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from compress.plots import place_labels
     from drsformer.io import atomic_write
 
     fig, axes = plt.subplots(1, len(record["seconds"]), figsize=(6 * len(record["seconds"]), 4.5), squeeze=False)
     for ax, size in zip(axes[0], record["seconds"]):
-        best = best_backends(record, size)
+        best, labels = best_backends(record, size), []
         for name, times in record["seconds"][size].items():
             gmacs = record["gmacs_256"].get(name, record["gmacs_256"]["teacher"])
             ax.scatter(gmacs, times["eager_fp32"], marker="x", color="grey")
             ax.scatter(gmacs, best[name][1], marker="*" if name == "teacher" else "o", s=80)
-            ax.annotate(f"{name}: {best[name][0]}", (gmacs, best[name][1]), textcoords="offset points",
-                        xytext=(4, 6), fontsize=7)  # fmt: skip
+            labels.append((gmacs, best[name][1], f"{name}: {best[name][0]}"))
+        place_labels(ax, labels)  # no label hides another
         ax.set_xlabel("GMACs at 256x256")
         ax.set_ylabel(f"seconds per {size}x{size} image")
         ax.set_title(f"{size}x{size}: best deployed backend (dots), eager fp32 (x)", fontsize=9)
@@ -256,9 +257,11 @@ def main(argv=None) -> None:
                 record["seconds"].setdefault(str(size), {}).setdefault(name, {})[backend] = seconds
                 print(size, name, backend, f"{seconds:.3f} s", flush=True)
             write_json(args.out, record)
-        for (name, backend), model in backends.items():
+        for name, backend in list(backends):  # each one freed after its PSNR (the full model's compiled graphs
+            model = backends.pop((name, backend))  # do not all fit in memory at a test image's size)
             if name != "official_graph":  # the official forward needs sizes divisible by 8 (Rain100 is not)
                 record["psnr_y_db"].setdefault(name, {})[backend] = psnr(model, args.limit)
+            del model
     write_json(args.out, record)
     print(f"wrote {args.out} and {plot(record, args.out.with_suffix('.png'))}")
 

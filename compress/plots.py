@@ -183,7 +183,7 @@ def _label_boxes(ax, labels, size: float) -> list[tuple[float, float, float, flo
     return placed
 
 
-def _place_labels(ax, labels: list[tuple[float, float, str]], size: float = 7.0) -> None:
+def place_labels(ax, labels: list[tuple[float, float, str]], size: float = 7.0) -> None:
     """Annotate points without overlapping labels (a 1-D repel: labels move up, with a thin line back to
     their point); the top of the axes is raised until the highest label fits."""
     labels = sorted(labels, key=lambda item: (item[1], item[0]))
@@ -224,7 +224,7 @@ def pareto_plot(records: list[dict], x_key: str, x_label: str, test_set: str, ou
         if high > low:
             ax.plot([x, x], [low, high], color="C0", lw=1, zorder=2)
         labels.append((x, y, g["stem"] if len(g["seeds"]) == 1 else f"{g['stem']} ({len(g['seeds'])} seeds)"))
-    _place_labels(ax, labels)
+    place_labels(ax, labels)
     ax.plot([points[i][0] for i in front], [points[i][1] for i in front], "--", color="0.5", zorder=2,
             label="Pareto front")  # fmt: skip
     ax.set_xlabel(x_label)

@@ -96,3 +96,22 @@ out_dir: "{tmp_path / 'runs'}"
     assert deployed["checks"]["rain100L"]["deployed_psnr_y_db"] == pytest.approx(
         record["sets"]["rain100L"]["psnr_y_db"], abs=1e-3)  # fmt: skip
     assert Path(deployed["artefact"]).with_suffix(".bin").is_file()
+
+
+def test_benchmarks_time_deployed_artefacts_and_tabulate_them(student):
+    """study_latency --deployed times exported models like eager ones; deploy_latency's tables come from its JSON."""
+    pytest.importorskip("onnxruntime")
+    from benchmarks.deploy_latency import best_backends, markdown
+    from benchmarks.study_latency import deployed_ms
+
+    ms = deployed_ms({"s": student}, "onnxruntime:fp32", size=32, repeats=1, threads=1)
+    assert list(ms) == ["s"] and ms["s"] > 0
+    record = {"gmacs_256": {"teacher": 5.0}, "seconds": {"256": {
+        "teacher": {"eager_fp32": 2.0, "openvino_fp32": 1.0, "openvino_int8": 0.5},
+        "official_graph": {"eager_fp32": 3.0, "openvino_fp32": 1.5, "openvino_int8": 0.9}}},
+        "psnr_y_db": {"teacher": {"eager_fp32": 30.0, "openvino_fp32": 30.0, "openvino_int8": 29.8}}}  # fmt: skip
+    table = markdown(record)
+    assert "| teacher (5.00 GMACs) | 2.000 | 1.000 | 0.500 |" in table and "| official_graph | 3.000 |" in table
+    assert "| teacher | +0.000 | -0.200 |" in table
+    # int8 costs 0.2 dB > 0.1: the best backend within budget is OpenVINO fp32; without PSNR, the fastest
+    assert best_backends(record, "256") == {"teacher": ("openvino_fp32", 1.0), "official_graph": ("openvino_int8", 0.9)}

@@ -216,7 +216,7 @@ def test_clustered_labels_do_not_overlap_and_stay_inside_the_axes():
     import matplotlib.pyplot as plt
     from matplotlib.text import Text
 
-    from compress.plots import _place_labels
+    from compress.plots import place_labels
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     points = [(2.59, 22.87 + 0.01 * i, f"prune50_recipe_{i}") for i in range(8)] + [
@@ -224,7 +224,7 @@ def test_clustered_labels_do_not_overlap_and_stay_inside_the_axes():
         (5.2, 22.9, "t"),
     ]
     ax.scatter([x for x, _, _ in points], [y for _, y, _ in points])
-    _place_labels(ax, points)
+    place_labels(ax, points)
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
     boxes = [Text.get_window_extent(t, renderer) for t in ax.texts]  # the text alone, not its leader line
