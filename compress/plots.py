@@ -217,9 +217,9 @@ def pareto_plot(records: list[dict], x_key: str, x_label: str, test_set: str, ou
     front = pareto_front(points)
     labels = []
     for (g, y), (x, _) in zip(rows, points):
-        teacher = g["role"] == "teacher"
-        ax.scatter(x, y, marker="*" if teacher else "o", s=140 if teacher else 36, color="C3" if teacher else "C0",
-                   zorder=3)  # fmt: skip
+        teacher, control = g["role"] == "teacher", bool(g["runs"][0]["recipe"].get("control"))
+        marker, color = ("*", "C3") if teacher else (("s", "C2") if control else ("o", "C0"))
+        ax.scatter(x, y, marker=marker, s=140 if teacher else 36, color=color, zorder=3)
         low, high = g["sets"][test_set]["psnr_range"]
         if high > low:
             ax.plot([x, x], [low, high], color="C0", lw=1, zorder=2)
@@ -229,7 +229,8 @@ def pareto_plot(records: list[dict], x_key: str, x_label: str, test_set: str, ou
             label="Pareto front")  # fmt: skip
     ax.set_xlabel(x_label)
     ax.set_ylabel(f"{test_set} PSNR (Y, dB)")
-    ax.set_title(f"{test_set}: PSNR vs {x_label} (teacher = star; bars: range over seeds)", fontsize=10)
+    ax.set_title(f"{test_set}: PSNR vs {x_label}\nteacher = star, controls = squares, bars = range over seeds",
+                 fontsize=9)  # fmt: skip
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()

@@ -182,8 +182,10 @@ def test_records_make_a_summary_and_pareto_plots(tmp_path):
     runs.mkdir()
     for stem, role, gmacs, psnr, seed in (("teacher_x", "teacher", 5.0, 33.0, 100), ("a", "student", 2.5, 32.5, 100),
                                           ("a_seed101", "student", 2.5, 32.0, 101), ("b", "student", 2.4, 31.0, 100),
-                                          ("c", "student", 3.0, 32.0, 100)):  # fmt: skip
-        record = {"stem": stem, "role": role, "recipe": {"seed": seed, "name": stem.split("_seed")[0]},
+                                          ("c", "student", 3.0, 32.0, 100),
+                                          ("ctrl", "student", 2.5, 31.5, 100)):  # fmt: skip
+        record = {"stem": stem, "role": role, "recipe": {"seed": seed, "name": stem.split("_seed")[0],
+                                                         "control": stem == "ctrl"},
                   "params_m": gmacs / 10, "gmacs_256": gmacs, "latency_ms": gmacs * 100, "train": {"steps": 10},
                   "scale": "test", "sets": {"rain100L": {"psnr_y_db": psnr, "ssim_y": 0.9}}}  # fmt: skip
         (runs / f"{stem}.json").write_text(json.dumps(record))
