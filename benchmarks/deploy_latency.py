@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from compress.evaluate import load_model
-from compress.export import DeployedModel, export_onnx, export_openvino
+from compress.export import EXPORT_SIZE, DeployedModel, export_onnx, export_openvino
 from compress.measure import count_macs
 from compress.prune import PruneSpec, prune
 from drsformer import DRSformer, DRSformerConfig
@@ -50,6 +50,10 @@ class _Autocast(torch.nn.Module):
     def forward(self, x):
         with torch.autocast("cpu", dtype=torch.bfloat16):
             return self.model(x).float()
+
+
+def _deployed(args) -> list[str]:
+    return ["onnxruntime_fp32", "openvino_fp32", "openvino_bf16"] + (["openvino_int8"] if args.int8 else [])
 
 
 def median_s(backends: dict, size: int, repeats: int) -> dict:
@@ -143,6 +147,25 @@ def plot(record: dict, out: Path) -> Path:
     return out
 
 
+def deployed_backends(model, folder: Path, name: str, backends: list[str], threads: int,
+                      size: tuple[int, int] = EXPORT_SIZE, forms: dict | None = None) -> dict:  # fmt: skip
+    """``model`` exported into ``folder`` for each of ``backends`` (``onnxruntime_fp32``, ``openvino_fp32``,
+    ``openvino_bf16``, ``openvino_int8``) and loaded: ``{backend: DeployedModel}``. Each export takes its
+    runtime's forms (``compress.export.RUNTIME_FORMS``) unless ``forms`` is given."""
+    from compress.export import calibration_patches
+
+    out = {}
+    for backend in backends:
+        runtime, precision = backend.split("_")
+        if runtime == "onnxruntime":
+            path = export_onnx(model, folder / f"{name}.onnx", size, forms)
+        else:
+            calibration = calibration_patches(None) if precision == "int8" else None
+            path = export_openvino(model, folder / f"{name}_{precision}.xml", precision, calibration, size, forms)
+        out[backend] = DeployedModel(path, precision, threads=threads)
+    return out
+
+
 def forms(teacher: DRSformer, args) -> dict:
     """Seconds per backend for the teacher exported with each combination of fast and official forms."""
     from compress.export import RUNTIME_FORMS
@@ -159,17 +182,9 @@ def forms(teacher: DRSformer, args) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         backends = {}
         for name, setting in variants.items():
-            onnx = export_onnx(teacher, Path(tmp) / f"{name}.onnx", forms=setting)
-            xml = export_openvino(teacher, Path(tmp) / f"{name}.xml", "fp32", forms=setting)
-            backends[name, "onnxruntime_fp32"] = DeployedModel(onnx, threads=args.threads)
-            backends[name, "openvino_fp32"] = DeployedModel(xml, "fp32", threads=args.threads)
-            backends[name, "openvino_bf16"] = DeployedModel(xml, "bf16", threads=args.threads)
-            if args.int8:
-                from compress.export import calibration_patches
-
-                q = export_openvino(teacher, Path(tmp) / f"{name}_int8.xml", "int8", calibration_patches(None),
-                                    forms=setting)  # fmt: skip
-                backends[name, "openvino_int8"] = DeployedModel(q, "int8", threads=args.threads)
+            for backend, deployed in deployed_backends(teacher, Path(tmp), name, _deployed(args), args.threads,
+                                                       forms=setting).items():  # fmt: skip
+                backends[name, backend] = deployed
             print(f"exported {name}: {setting}", flush=True)
         for size in args.sizes:
             for (name, backend), seconds in median_s(backends, size, args.repeats).items():
@@ -240,17 +255,10 @@ def main(argv=None) -> None:
             backends[(name, "eager_bf16")] = _Autocast(model)
             if args.compile:  # compiled on its warm-up call at each size (static shapes: one graph per size)
                 backends[(name, "torch_compile_fp32")] = torch.compile(model, backend="inductor", dynamic=False)
-            size = (64, 64) if name == "official_graph" else (61, 75)  # the official forward needs multiples of 8
-            onnx = export_onnx(model, Path(tmp) / f"{name}.onnx", size)
-            backends[(name, "onnxruntime_fp32")] = DeployedModel(onnx, threads=args.threads)
-            for precision in ("fp32", "bf16"):  # each with its own forms (compress.export.RUNTIME_FORMS)
-                xml = export_openvino(model, Path(tmp) / f"{name}_{precision}.xml", precision, size=size)
-                backends[(name, f"openvino_{precision}")] = DeployedModel(xml, precision, threads=args.threads)
-            if args.int8:
-                from compress.export import calibration_patches
-
-                q = export_openvino(model, Path(tmp) / f"{name}_int8.xml", "int8", calibration_patches(None), size)
-                backends[(name, "openvino_int8")] = DeployedModel(q, "int8", threads=args.threads)
+            size = (64, 64) if name == "official_graph" else EXPORT_SIZE  # the official forward needs multiples of 8
+            for backend, deployed in deployed_backends(model, Path(tmp), name, _deployed(args), args.threads,
+                                                       size).items():  # fmt: skip
+                backends[name, backend] = deployed
             print(f"exported {name}", flush=True)
         for size in args.sizes:  # every backend of every model, round after round, in one process
             for (name, backend), seconds in median_s(backends, size, args.repeats).items():

@@ -45,18 +45,14 @@ def round_robin_ms(models: dict[str, torch.nn.Module], size: int, repeats: int) 
 
 
 def deployed_ms(models: dict, backend: str, size: int, repeats: int, threads: int) -> dict[str, float]:
-    """Every model exported to ``backend`` (runtime:precision) and timed round-robin like the eager ones."""
-    from compress.export import DeployedModel, export_onnx, export_openvino
+    """Every model exported to ``backend`` (runtime:precision, with that runtime's forms) and timed round-robin
+    like the eager ones."""
+    from benchmarks.deploy_latency import deployed_backends
 
-    runtime, precision = backend.split(":")
+    backend = backend.replace(":", "_")
     with tempfile.TemporaryDirectory() as tmp:
-        artefacts = {}
-        for name, model in models.items():
-            if runtime == "onnxruntime":
-                path = export_onnx(model, Path(tmp) / f"{name}.onnx")
-            else:
-                path = export_openvino(model, Path(tmp) / f"{name}.xml", "fp32")
-            artefacts[name] = DeployedModel(path, precision, threads=threads)
+        artefacts = {name: deployed_backends(model, Path(tmp), name, [backend], threads)[backend]
+                     for name, model in models.items()}  # fmt: skip
         return round_robin_ms(artefacts, size, repeats)
 
 
