@@ -403,6 +403,7 @@ def fit(
                                       + f" {patches_per_s:.2f} patches/s")  # fmt: skip
             if val_sets and (done % cfg.eval_every == 0 or done == cfg.steps):
                 check_finite()
+                last_loss = loss.item()  # the curve's loss is this step's, also off the log_every grid
                 val = validate(_plain(accelerator, model), val_sets, device)
                 mean_psnr = sum(v["psnr_y_db"] for v in val.values()) / len(val)
                 if cfg.tensorboard:

@@ -87,10 +87,14 @@ def finish(proc: subprocess.Popen) -> str:
 
 
 def test_fit_trains_and_exports_a_plain_drsformer(tmp_path):
-    finish(run_teacher(tiny_recipe(tmp_path, steps=3)))
+    # a validation off the log_every grid (step 2) still records that step's loss in the curve
+    finish(run_teacher(tiny_recipe(tmp_path, steps=3), "--set", "train.eval_every=2", "--set", "train.log_every=5"))
     run = tmp_path / "runs" / "teacher_test"
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["steps"] == 3 and summary["best_step"] == 3 and summary["ranks"] == 1
+    curve = json.loads((run / "curve.json").read_text())
+    assert [p["step"] for p in curve] == [2, 3] and all(0 < p["loss"] < 1 for p in curve)
+    mean = {p["step"]: sum(v["psnr_y_db"] for v in p["val"].values()) / len(p["val"]) for p in curve}
+    assert summary["steps"] == 3 and summary["best_step"] == max(mean, key=mean.get) and summary["ranks"] == 1
     assert set(summary["val"]) == {"synthetic_light", "synthetic_heavy"}
     model = DRSformer.from_pretrained(run / "final")
     assert model(torch.rand(1, 3, 20, 28)).shape == (1, 3, 20, 28)
