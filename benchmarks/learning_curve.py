@@ -2,7 +2,13 @@
 plateau verdict: the run has plateaued at step s when the 50% more steps up to 1.5 s added less than
 ``--tolerance`` dB (0.1) on every validation set.
 
+A run that ends in a cosine decay gains from the decay itself, so the last 50% of its own schedule never looks
+flat. ``--continued`` appends the curve of a run that trained the final model on (a new learning-rate cycle of
+50% more steps, ``recipes/study_teacher_plateau.yaml``), its steps counted after the base run's last step: the
+plateau check from the base's end to the continuation's is the test that more training no longer pays.
+
     python -m benchmarks.learning_curve runs/teacher_study [--out results/teacher_study]
+    python -m benchmarks.learning_curve runs/teacher_study --continued runs/study_teacher_plateau --out ...
 """
 
 from __future__ import annotations
@@ -29,11 +35,18 @@ def plateau(points: list[dict], tolerance: float = 0.1) -> dict:
     return {"tolerance_db": tolerance, "checks": checks, "plateau_at": first["from"] if first else None}
 
 
+def continued(points: list[dict], more: list[dict]) -> list[dict]:
+    """``points`` followed by ``more`` (a run trained on from the last of them), its steps shifted to follow."""
+    end = points[-1]["step"]
+    return points + [{**q, "step": end + q["step"], "continued": True} for q in more]
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("run", type=Path)
     parser.add_argument("--out", type=Path, help="folder for curve.json, curve.png and plateau.json (default: run)")
     parser.add_argument("--tolerance", type=float, default=0.1)
+    parser.add_argument("--continued", type=Path, help="a run that trained the run's final model on")
     args = parser.parse_args(argv)
     import matplotlib
 
@@ -41,11 +54,19 @@ def main(argv=None) -> None:
     import matplotlib.pyplot as plt
 
     points = json.loads((args.run / "curve.json").read_text())
+    restart = None
+    if args.continued is not None:
+        restart = points[-1]["step"]
+        points = continued(points, json.loads((args.continued / "curve.json").read_text()))
     out = args.out or args.run
     verdict = plateau(points, args.tolerance)
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for name in points[0]["val"]:
         ax.plot([p["step"] for p in points], [p["val"][name]["psnr_y_db"] for p in points], marker="o", label=name)
+    if restart is not None:
+        ax.axvline(restart, color="grey", ls="--", lw=1)
+        ax.annotate(f"{args.continued.name} from here", (restart, ax.get_ylim()[0]), fontsize=7, color="grey",
+                    xytext=(3, 3), textcoords="offset points")  # fmt: skip
     ax.set_xlabel("training step")
     ax.set_ylabel("PSNR (Y, dB), validation crops")
     state = f"plateau at step {verdict['plateau_at']}" if verdict["plateau_at"] else "no plateau yet"

@@ -2,7 +2,8 @@
 # The second study protocol (issue 19): the paper-shaped `study` teacher trained to its plateau
 # (recipes/teacher_study.yaml), then every study_* recipe against it: students at 50/33/25% of its MACs and 50%
 # of its parameters, feature / output / no distillation, LoRA, real rain, unit families at 75%, and the controls
-# (the teacher trained for the students' steps, the scratch student at equal and at full budget). Each record scores
+# (the teacher trained for the students' steps and for 50% more steps, the scratch student at equal and at full
+# budget). Each record scores
 # all 100 + 100 Rain100L/H images and McMaster18's held-out synthetic rain, per image, into results/runs/; then the
 # latency of every final model side by side, eager and deployed (OpenVINO), results/summary.md (differences to the
 # teacher and to every control with paired bootstrap intervals) and the Pareto plots.
@@ -20,10 +21,19 @@ DEFAULT=$(for r in $MAIN; do for s in 100 101 102; do echo "$r:$s"; done; done; 
 STUDY=${STUDY:-$DEFAULT}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$((JOBS > 1 ? 1 : 2))}
 
-# the teacher: resumes to the end of its schedule (see results/README.md), then its record (evaluation only)
+# the teacher: resumes to the end of its schedule (see results/README.md), then its record (evaluation only);
+# then the plateau test: its final model trained 50% more steps in a new cycle (a control record of its own), the
+# two curves joined. The students wait for a plateau (PLATEAU_ANYWAY=1 runs them regardless).
 python compress/train_teacher.py recipes/teacher_study.yaml --resume
-python -m benchmarks.learning_curve runs/teacher_study --out results/teacher_study
 python compress/run.py recipes/teacher_study.yaml --resume
+python compress/run.py recipes/study_teacher_plateau.yaml --resume
+python -m benchmarks.learning_curve runs/teacher_study --continued runs/study_teacher_plateau --out results/teacher_study
+if ! python -c 'import json, sys; sys.exit(json.load(open("results/teacher_study/plateau.json"))["plateau_at"] is None)'
+then
+    echo "study.sh: the teacher has not plateaued (results/teacher_study/plateau.json): 50% more steps still gain" \
+         ">= 0.1 dB on some set; train it on before the students (or PLATEAU_ANYWAY=1)" >&2
+    [ "${PLATEAU_ANYWAY:-0}" = 1 ] || exit 1
+fi
 
 printf '%s\n' $STUDY | xargs -P "$JOBS" -I{} bash -c \
     'item={}; python compress/run.py "recipes/${item%:*}.yaml" --set "seed=${item#*:}"'

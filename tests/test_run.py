@@ -36,6 +36,35 @@ def test_every_recipe_validates(recipe):
     loaded = load_recipe(recipe)
     assert loaded.name == recipe.stem and (loaded.teacher is None) == (loaded.prune is None and loaded.distill is None
                                                                        and loaded.lora is None)  # fmt: skip
+STUDY_PRUNED = [p for p in ALL_RECIPES if p.stem.startswith("study_") and load_recipe(p).prune is not None]
+
+
+@pytest.fixture(scope="module")
+def study_teacher() -> DRSformer:
+    torch.manual_seed(0)
+    return DRSformer(DRSformerConfig.preset("study"))
+
+
+@pytest.mark.parametrize("recipe", STUDY_PRUNED, ids=[p.stem for p in STUDY_PRUNED])
+def test_study_prune_sections_reach_their_budget_on_the_study_teacher(recipe, study_teacher):
+    """Each study recipe's pruning is feasible on the study preset (else its run would fail after the teacher's
+    hours of training) and lands on its budget; at most max_ratio of any family is removed."""
+    from compress.measure import count_params
+
+    spec = load_recipe(recipe).prune
+    assert load_recipe(recipe).teacher.recipe == "recipes/teacher_study.yaml"
+    student, report = prune(study_teacher, spec)
+    full, cut = study_teacher.config, student.config
+    if spec.target_macs is not None:
+        assert count_macs(cut, 256, 256) <= spec.target_macs * count_macs(full, 256, 256)
+        assert count_macs(cut, 256, 256) > (spec.target_macs - 0.05) * count_macs(full, 256, 256)
+    if spec.target_params is not None:
+        assert count_params(student) <= spec.target_params * count_params(study_teacher)
+    for old, new in zip(full.levels, cut.levels):
+        for a, b in zip(old.blocks, new.blocks):
+            assert b.ffn_hidden >= (1 - spec.max_ratio) * a.ffn_hidden - 1
+
+
 TINY_SCALE = [
     "train.steps=2", "train.batch_size=4", "train.eval_every=2", "train.save_every=2", "train.log_every=1",
     "data.patch_size=32", "data.val_size=32", "data.leak_check=[]", 'data.backgrounds=["builtin"]',

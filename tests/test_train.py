@@ -157,3 +157,22 @@ def test_learning_curve_plateau_needs_every_set_flat_over_half_again_the_steps()
     assert [c["plateau"] for c in verdict["checks"]] == [False, False, True, True]  # 1000 -> 1500: b gains 0.5
     assert verdict["plateau_at"] == 1500
     assert plateau(curve[:2])["plateau_at"] is None
+
+
+def test_learning_curve_continued_run_follows_the_base_and_decides_its_end(tmp_path):
+    from benchmarks.learning_curve import continued, main
+
+    def point(step, a):
+        return {"step": step, "val": {"a": {"psnr_y_db": a}}}
+
+    base = [point(1000, 20.0), point(2000, 21.0)]  # the base's own last half never looks flat (decay gains)
+    more = [point(500, 21.02), point(1000, 21.05)]  # a second cycle of 50% more steps from 2000
+    joined = continued(base, more)
+    assert [p["step"] for p in joined] == [1000, 2000, 2500, 3000] and joined[-1]["continued"]
+    for name, points in (("base", base), ("more", more)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "curve.json").write_text(json.dumps(points))
+    main([str(tmp_path / "base"), "--continued", str(tmp_path / "more"), "--out", str(tmp_path / "out")])
+    verdict = json.loads((tmp_path / "out" / "plateau.json").read_text())
+    assert [(c["from"], c["to"], c["plateau"]) for c in verdict["checks"]] == [(1000, 2000, False), (2000, 3000, True)]
+    assert verdict["plateau_at"] == 2000 and (tmp_path / "out" / "curve.png").stat().st_size > 0
