@@ -68,7 +68,7 @@ def side_by_side_latency(records: list[dict], bench: Path) -> str | None:
     return f"latency: side by side, `{data['command']}` ({data['machine']}{deployed})"
 
 
-def summary_markdown(records: list[dict], latency_note: str | None = None) -> str:
+def summary_markdown(records: list[dict], latency_note: str | None = None, diffs: list[dict] | None = None) -> str:
     sets = sorted({name for r in records for name, row in r.get("sets", {}).items() if "psnr_y_db" in row})
     real = sorted({name for r in records for name, row in r.get("sets", {}).items() if "niqe" in row})
     head = ["run", "role", "seed", "params (M)", "GMACs@256", "latency (ms)", "steps"]
@@ -99,7 +99,8 @@ def summary_markdown(records: list[dict], latency_note: str | None = None) -> st
             row = g["sets"].get(s, {})
             cells.append(f"{row['niqe']:.3f} / {row['brisque']:.2f}" if "niqe" in row else "-")
         lines.append("| " + " | ".join(cells) + " |")
-    lines += _differences_to_teacher(records)
+    diffs = differences(records) if diffs is None else diffs
+    lines += _differences_table(diffs) + _targets_table(records, diffs)
     published = [(r, name, paper) for r in records
                  for name, paper in r["recipe"].get("eval", {}).get("published", {}).items()]  # fmt: skip
     if published:
@@ -129,7 +130,7 @@ def _teacher_of(group: dict) -> str:
     return Path((group["runs"][0]["recipe"].get("teacher") or {}).get("recipe") or "").stem
 
 
-def _differences_to_teacher(records: list[dict]) -> list[str]:
+def differences(records: list[dict]) -> list[dict]:
     """Each student's PSNR minus its teacher's and minus every control's of the same teacher (``control: true``
     recipes), per set, with a paired bootstrap 95% interval over the images both scored (records with per-image
     rows; a recipe's seeds averaged per image first); an interval that contains 0 cannot be told from zero."""
@@ -138,7 +139,7 @@ def _differences_to_teacher(records: list[dict]) -> list[str]:
     groups = group_by_recipe(records)
     teachers = {g["stem"]: g for g in groups if g["role"] == "teacher"}
     controls = [g for g in groups if g["runs"][0]["recipe"].get("control")]
-    rows = []
+    out = []
     for g in sorted(groups, key=lambda g: g["stem"]):
         if g["role"] != "student" or _teacher_of(g) not in teachers:
             continue
@@ -151,17 +152,55 @@ def _differences_to_teacher(records: list[dict]) -> list[str]:
                 if not common:
                     continue
                 mean, lo, hi = paired_bootstrap([ours[n] for n in common], [theirs[n] for n in common])
-                verdict = "cannot be told from 0" if lo <= 0 <= hi else ("above" if lo > 0 else "below")
-                interval = f"{mean:+.3f} [{lo:+.3f}, {hi:+.3f}]"
-                seeds = f"{len(g['seeds'])}/{len(ref['seeds'])}"
-                cells = [g["stem"], ref["stem"], name, str(len(common)), seeds, interval, verdict]
-                rows.append("| " + " | ".join(cells) + " |")
+                out.append({"student": g["stem"], "reference": ref["stem"], "teacher": ref is teachers[teacher],
+                            "set": name, "images": len(common), "seeds": (len(g["seeds"]), len(ref["seeds"])),
+                            "mean": mean, "lo": lo, "hi": hi})  # fmt: skip
+    return out
+
+
+def _differences_table(diffs: list[dict]) -> list[str]:
+    rows = []
+    for d in diffs:
+        verdict = "cannot be told from 0" if d["lo"] <= 0 <= d["hi"] else ("above" if d["lo"] > 0 else "below")
+        cells = [d["student"], d["reference"], d["set"], str(d["images"]), "{}/{}".format(*d["seeds"]),
+                 f"{d['mean']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]", verdict]  # fmt: skip
+        rows.append("| " + " | ".join(cells) + " |")
     if not rows:
         return []
     return ["", "Student minus teacher and minus each control, PSNR (dB): mean over images (each recipe's seeds "
             "averaged per image) with a paired bootstrap 95% interval over images:", "",
             "| student | reference | set | images | seeds | difference [95% CI] | verdict |",
             "|---|---|---|---|---|---|---|", *rows]  # fmt: skip
+
+
+def target_verdict(goal: float, mean: float, lo: float, hi: float) -> str:
+    """Whether a difference meets ``difference >= goal``, by its mean and by its whole 95% interval."""
+    if mean >= goal:
+        return "met" if lo >= goal else f"met by the mean; the interval reaches {lo:+.3f}, below the goal"
+    return f"missed by {goal - mean:.3f} dB" + ("; the interval reaches the goal" if hi >= goal else "")
+
+
+def _targets_table(records: list[dict], diffs: list[dict]) -> list[str]:
+    """Every recipe's ``targets`` against the differences: met, met by the mean only, missed by how much, or
+    not measurable yet (a record missing)."""
+    rows = []
+    for g in sorted(group_by_recipe(records), key=lambda g: g["stem"]):
+        for t in g["runs"][0]["recipe"].get("targets") or []:
+            ref = _teacher_of(g) if t["reference"] == "teacher" else t["reference"]
+            found = [d for d in diffs if d["student"] == g["stem"] and d["reference"] == ref
+                     and (not t["sets"] or d["set"] in t["sets"])]  # fmt: skip
+            goal = f"{t['at_least_db']:+.2f} dB vs {ref}"
+            if not found:
+                rows.append(f"| {g['stem']} | {goal} | - | - | not measured: no record of {ref} with per-image scores |")
+            for d in found:
+                interval = f"{d['mean']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]"
+                verdict = target_verdict(t["at_least_db"], d["mean"], d["lo"], d["hi"])
+                rows.append(f"| {g['stem']} | {goal} | {d['set']} | {interval} | {verdict} |")
+    if not rows:
+        return []
+    return ["", "The study's targets (each recipe's `targets`: difference >= goal, PSNR dB, paired bootstrap 95% "
+            "interval over images):", "", "| student | goal | set | difference [95% CI] | verdict |",
+            "|---|---|---|---|---|", *rows]  # fmt: skip
 
 
 LABEL_LINE, LABEL_CHAR = 1.5, 0.55  # label height and mean character width, in font sizes
@@ -202,7 +241,11 @@ def place_labels(ax, labels: list[tuple[float, float, str]], size: float = 7.0) 
                     arrowprops={"arrowstyle": "-", "color": "0.6", "lw": 0.5} if moved else None)  # fmt: skip
 
 
-def pareto_plot(records: list[dict], x_key: str, x_label: str, test_set: str, out: Path) -> Path | None:
+def pareto_plot(records: list[dict], x_key: str, x_label: str, test_set: str, out: Path,
+                diffs: list[dict] | None = None) -> Path | None:  # fmt: skip
+    """PSNR on ``test_set`` against ``x_key``, one point per recipe (mean over seeds): the seed range as a bar
+    and, for a student, the paired bootstrap 95% interval of its difference to the teacher as caps around its
+    point (``differences``), so that a gap the images cannot tell from zero shows as caps reaching the star."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -212,6 +255,11 @@ def pareto_plot(records: list[dict], x_key: str, x_label: str, test_set: str, ou
     rows = [(g, y) for g, y in rows if y is not None and g[x_key] is not None]
     if not rows:
         return None
+    if diffs is None:
+        diffs = differences(records)
+    # the teacher-difference interval, placed around the student's own mean PSNR
+    intervals = {d["student"]: (y + d["lo"] - d["mean"], y + d["hi"] - d["mean"])
+                 for d in diffs for g, y in rows if d["teacher"] and d["set"] == test_set and d["student"] == g["stem"]}
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     points = [(g[x_key], y) for g, y in rows]
     front = pareto_front(points)
@@ -222,15 +270,20 @@ def pareto_plot(records: list[dict], x_key: str, x_label: str, test_set: str, ou
         ax.scatter(x, y, marker=marker, s=140 if teacher else 36, color=color, zorder=3)
         low, high = g["sets"][test_set]["psnr_range"]
         if high > low:
-            ax.plot([x, x], [low, high], color="C0", lw=1, zorder=2)
+            ax.plot([x, x], [low, high], color="C0", lw=3, alpha=0.35, zorder=2)
+        interval = intervals.get(g["stem"])
+        if interval is not None:
+            ax.errorbar(x, y, yerr=[[y - interval[0]], [interval[1] - y]], fmt="none", ecolor=color, elinewidth=0.8,
+                        capsize=3, zorder=2)  # fmt: skip
         labels.append((x, y, g["stem"] if len(g["seeds"]) == 1 else f"{g['stem']} ({len(g['seeds'])} seeds)"))
     place_labels(ax, labels)
     ax.plot([points[i][0] for i in front], [points[i][1] for i in front], "--", color="0.5", zorder=2,
             label="Pareto front")  # fmt: skip
     ax.set_xlabel(x_label)
     ax.set_ylabel(f"{test_set} PSNR (Y, dB)")
-    ax.set_title(f"{test_set}: PSNR vs {x_label}\nteacher = star, controls = squares, bars = range over seeds",
-                 fontsize=9)  # fmt: skip
+    ax.set_title(f"{test_set}: PSNR vs {x_label}\nteacher = star, controls = squares, shaded bars = range over "
+                 "seeds,\ncaps = 95% interval of the difference to the teacher (paired bootstrap over images)",
+                 fontsize=8)  # fmt: skip
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
@@ -246,12 +299,13 @@ def regenerate(results: Path = RESULTS) -> list[Path]:
         return []
     written = [results / "summary.md"]
     latency_note = side_by_side_latency(records, results / "bench" / "study_latency.json")
-    text = summary_markdown(records, latency_note)
+    diffs = differences(records)
+    text = summary_markdown(records, latency_note, diffs)
     atomic_write(written[0], lambda p: Path(p).write_text(text))
     sets = sorted({name for r in records for name, row in r.get("sets", {}).items() if "psnr_y_db" in row})
     for test_set in sets:
         for key, label in AXES:
-            out = pareto_plot(records, key, label, test_set, results / f"pareto_{key}_{test_set}.png")
+            out = pareto_plot(records, key, label, test_set, results / f"pareto_{key}_{test_set}.png", diffs)
             if out:
                 written.append(out)
     return written

@@ -286,6 +286,16 @@ class ExportConfig(Strict):
         return self
 
 
+class Target(Strict):
+    """A stated goal of a study student, checked in ``summary.md``: its PSNR minus the reference's (mean over
+    images, every set it shares with the reference unless ``sets`` names some) is at least ``at_least_db``;
+    ``-0.15`` reads "within 0.15 dB of", ``0.5`` "at least 0.5 dB above"."""
+
+    reference: str  # "teacher" or a recipe name (a control)
+    at_least_db: float
+    sets: list[str] = []
+
+
 class Recipe(Strict):
     name: str
     seed: int = 100
@@ -298,6 +308,7 @@ class Recipe(Strict):
     # a control run (the teacher trained on, a scratch student): summary.md compares every student of the same
     # teacher with it as with the teacher
     control: bool = False
+    targets: list[Target] = []  # the study's goals for this student, checked against the records in summary.md
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()

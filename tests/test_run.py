@@ -334,3 +334,32 @@ def test_summary_gives_paired_bootstrap_intervals_and_published_figures(tmp_path
     line = next(line for line in table.splitlines() if line.startswith("| s | c | rain100L | 20 | 1/2 |"))
     assert "+0.100 [+0.100, +0.100]" in line and line.endswith("| above |")  # s minus the mean of c's two seeds
     assert not any(line.startswith("| c | c |") for line in table.splitlines())
+
+
+def test_summary_checks_each_recipes_targets_by_mean_and_interval():
+    from compress.plots import summary_markdown, target_verdict
+
+    assert target_verdict(-0.15, -0.05, -0.10, 0.0) == "met"
+    assert target_verdict(-0.15, -0.10, -0.20, 0.0).startswith("met by the mean; the interval reaches -0.200")
+    assert target_verdict(0.5, 0.3, 0.1, 0.6) == "missed by 0.200 dB; the interval reaches the goal"
+    assert target_verdict(0.5, 0.3, 0.1, 0.4) == "missed by 0.200 dB"
+    rows = [{"name": f"{i}.png", "psnr_y_db": 30.0 + 0.1 * i, "ssim_y": 0.9} for i in range(20)]
+    teacher = {"stem": "teacher_t", "role": "teacher", "recipe": {"name": "teacher_t", "seed": 100},
+               "params_m": 1, "gmacs_256": 2, "latency_ms": 3, "train": {"steps": 1},
+               "sets": {"rain100L": {"psnr_y_db": 30.95, "ssim_y": 0.9, "per_image": rows}}}  # fmt: skip
+    targets = [{"reference": "teacher", "at_least_db": -0.15, "sets": []},
+               {"reference": "scratch", "at_least_db": 0.5, "sets": []}]  # fmt: skip
+    close = [dict(r, psnr_y_db=r["psnr_y_db"] - 0.1) for r in rows]
+    student = {**teacher, "stem": "s", "role": "student",
+               "recipe": {"name": "s", "seed": 100, "teacher": {"recipe": "recipes/teacher_t.yaml"},
+                          "targets": targets},
+               "sets": {"rain100L": {"psnr_y_db": 30.85, "ssim_y": 0.9, "per_image": close}}}  # fmt: skip
+    table = summary_markdown([teacher, student])
+    assert "| s | -0.15 dB vs teacher_t | rain100L | -0.100 [-0.100, -0.100] | met |" in table
+    assert "| s | +0.50 dB vs scratch | - | - | not measured: no record of scratch with per-image scores |" in table
+    scratch = {**student, "stem": "scratch", "recipe": {**student["recipe"], "name": "scratch", "control": True,
+                                                        "targets": []},
+               "sets": {"rain100L": {"psnr_y_db": 30.6, "ssim_y": 0.9,
+                                     "per_image": [dict(r, psnr_y_db=r["psnr_y_db"] - 0.4) for r in rows]}}}
+    table = summary_markdown([teacher, student, scratch])
+    assert "| s | +0.50 dB vs scratch | rain100L | +0.300 [+0.300, +0.300] | missed by 0.200 dB |" in table
