@@ -10,6 +10,7 @@
 #   benchmarks/study.sh                   # everything, one run at a time
 #   JOBS=2 benchmarks/study.sh            # two runs at once, one thread each
 #   STUDY="study_prune50_distill:100" benchmarks/study.sh
+# It is resumable: run it again after an interruption; finished records are kept, interrupted runs resume.
 # STUDY lists recipe:seed pairs: by default three seeds (100-102) for the main comparisons, one for the rest.
 set -euo pipefail
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
@@ -24,9 +25,16 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$((JOBS > 1 ? 1 : 2))}
 # the teacher: resumes to the end of its schedule (see results/README.md), then its record (evaluation only);
 # then the plateau test: its final model trained 50% more steps in a new cycle (a control record of its own), the
 # two curves joined. The students wait for a plateau (PLATEAU_ANYWAY=1 runs them regardless).
+record() {  # recipe:seed -> results/runs/<stem>.json, unless it exists; an interrupted run resumes
+    local recipe=${1%:*} seed=${1#*:} stem=${1%:*}
+    [ "$seed" = 100 ] || stem=${recipe}_seed$seed
+    if [ -f "results/runs/$stem.json" ]; then echo "study.sh: have results/runs/$stem.json"; return; fi
+    python compress/run.py "recipes/$recipe.yaml" --set "seed=$seed" --resume
+}
+export -f record
 python compress/train_teacher.py recipes/teacher_study.yaml --resume
-python compress/run.py recipes/teacher_study.yaml --resume
-python compress/run.py recipes/study_teacher_plateau.yaml --resume
+record teacher_study:100
+record study_teacher_plateau:100
 python -m benchmarks.learning_curve runs/teacher_study --continued runs/study_teacher_plateau --out results/teacher_study
 if ! python -c 'import json, sys; sys.exit(json.load(open("results/teacher_study/plateau.json"))["plateau_at"] is None)'
 then
@@ -35,7 +43,10 @@ then
     [ "${PLATEAU_ANYWAY:-0}" = 1 ] || exit 1
 fi
 
-printf '%s\n' $STUDY | xargs -P "$JOBS" -I{} bash -c \
-    'item={}; python compress/run.py "recipes/${item%:*}.yaml" --set "seed=${item#*:}"'
+# each student once: a recipe:seed whose record exists is skipped, an interrupted one resumes (the study spans
+# sessions: run this again to continue it)
+printf '%s\n' $STUDY | xargs -P "$JOBS" -I{} bash -c 'record {}'
+# which unit families are cheapest before any training (the prune75_* records say after it), every image
+python -m benchmarks.unit_sensitivity runs/teacher_study/final --budgets 0.75,0.5 --limit 100 --out results/teacher_study
 OMP_NUM_THREADS=2 python -m benchmarks.study_latency --deployed openvino:fp32
 python -m compress.plots

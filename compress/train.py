@@ -106,12 +106,15 @@ def lr_at(cfg, step: int) -> float:
 
 @torch.no_grad()
 def validate(model: nn.Module, sets: dict[str, tuple[torch.Tensor, torch.Tensor]], device) -> dict[str, dict]:
-    """PSNR/SSIM (Y) per validation set; every process computes the same numbers (no communication)."""
+    """PSNR/SSIM (Y) per validation set; every process computes the same numbers (no communication). In
+    fp32 also under ``mixed_precision``: the class's own forward, not the autocast one that accelerate's
+    ``prepare`` puts on the instance, so a curve's points compare across precisions and with the records."""
     was_training = model.training
     model.eval()
+    forward = type(model).forward
     out = {}
     for name, (rainy, clean) in sets.items():
-        derained = torch.cat([model(rainy[i : i + 1].to(device)).float().cpu() for i in range(len(rainy))])
+        derained = torch.cat([forward(model, rainy[i : i + 1].to(device)).float().cpu() for i in range(len(rainy))])
         out[name] = {
             "psnr_y_db": psnr_y(derained, clean).mean().item(),
             "ssim_y": ssim_y(derained, clean).mean().item(),

@@ -176,3 +176,28 @@ def test_learning_curve_continued_run_follows_the_base_and_decides_its_end(tmp_p
     verdict = json.loads((tmp_path / "out" / "plateau.json").read_text())
     assert [(c["from"], c["to"], c["plateau"]) for c in verdict["checks"]] == [(1000, 2000, False), (2000, 3000, True)]
     assert verdict["plateau_at"] == 2000 and (tmp_path / "out" / "curve.png").stat().st_size > 0
+
+
+def test_bf16_training_runs_on_the_cpu_and_validates_in_fp32(tmp_path):
+    """``train.mixed_precision=bf16`` through accelerate on the CPU; validation ignores the autocast forward
+    that ``prepare`` puts on the instance (the curve stays comparable with fp32 points and the records)."""
+    import types
+
+    from compress.train import validate
+
+    finish(run_teacher(tiny_recipe(tmp_path, steps=2), "--set", "train.mixed_precision=bf16"))
+    run = tmp_path / "runs" / "teacher_test"
+    assert json.loads((run / "state" / "progress.json").read_text())["recipe"]["train"]["mixed_precision"] == "bf16"
+    model = DRSformer.from_pretrained(run / "final").eval()
+    sets = {"a": (torch.rand(2, 3, 24, 24), torch.rand(2, 3, 24, 24))}
+    fp32 = validate(model, sets, torch.device("cpu"))
+    plain_forward = model.forward
+
+    def autocast_forward(self, x):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return plain_forward(x)
+
+    model.forward = types.MethodType(autocast_forward, model)  # as accelerate's prepare does
+    with torch.no_grad():
+        assert not torch.equal(model(sets["a"][0]).float(), plain_forward(sets["a"][0]))
+    assert validate(model, sets, torch.device("cpu")) == fp32
