@@ -33,7 +33,8 @@ def student():
 def test_onnx_export_of_a_pruned_student_matches_pytorch_at_any_size(tmp_path, student):
     record = export(student, "onnx", tmp_path / "s.onnx", checks={"rain100L": str(RAIN100L)}, limit=2)
     row = record["checks"]["rain100L"]
-    assert row["images"] == 2 and row["max_abs_difference"] < 1e-5 and abs(row["psnr_difference_db"]) < 1e-3
+    # fp32 graph against eager on whole Rain100L images: rounding only (1e-5 to 3e-5 depending on the CPU)
+    assert row["images"] == 2 and row["max_abs_difference"] < 1e-4 and abs(row["psnr_difference_db"]) < 1e-3
     assert json.loads((tmp_path / "s.check.json").read_text())["kept"]
     onnx = pytest.importorskip("onnx")
     ops = {node.op_type for node in onnx.load(tmp_path / "s.onnx").graph.node}

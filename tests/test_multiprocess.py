@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from drsformer import DRSformer, DRSformerConfig
-from tests.test_train import env, finish, run_teacher, tiny_recipe
+from tests.test_train import assert_same_training, env, finish, run_teacher, tiny_recipe
 
 pytestmark = pytest.mark.xdist_group("multiprocess")  # one worker builds the launched run once
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,9 +95,10 @@ def test_accumulation_and_processes_split_a_batch_without_changing_it(tmp_path):
     assert summary["rank_weight_digests"][0] == summary["rank_weight_digests"][1]
     weights = {k: load_file(f / "runs" / "teacher_test" / "final" / "model.safetensors") for k, f in finals.items()}
     for label in ("accum", "ddp"):
-        for name, ref in weights["one"].items():
-            torch.testing.assert_close(weights[label][name], ref, rtol=1e-4, atol=1e-5, msg=f"{label}: {name}")
+        assert_same_training(weights[label], weights["one"], label)
     torch.manual_seed(100)  # the recipe's seed: the weights the three runs started from
     initial = DRSformer(DRSformerConfig.preset("tiny")).state_dict()
     moved = max((weights["one"][k] - initial[k]).abs().max().item() for k in initial)
     assert moved > 1e-3  # two steps at lr 1e-3 moved the weights far beyond the tolerance above
+    with pytest.raises(AssertionError, match="median weight difference"):  # two steps of training fail the check
+        assert_same_training(initial, weights["one"], "untrained")

@@ -75,6 +75,20 @@ def test_official_schedule_is_the_default():
     assert lr_at(t, 300_000) == pytest.approx(1e-6)
 
 
+def assert_same_training(weights: dict, reference: dict, label: str, lr: float = 1e-3) -> None:
+    """Two trainings that differ only in float rounding (compiled kernels, accumulation or process order).
+    AdamW turns a rounding difference of a near-zero gradient into a step-sized one, so a few single weights
+    may differ by up to about ``lr`` (how many depends on the CPU's kernels); a real difference (a wrong
+    gradient, a lost micro-batch) moves most weights of a tensor by about ``lr``. So: in every tensor the
+    median difference is under 1% of ``lr``, and over all weights the mean is under 1e-6."""
+    assert weights.keys() == reference.keys()
+    for name, ref in reference.items():
+        median = (weights[name] - ref).abs().median().item()
+        assert median < 0.01 * lr, f"{label}: {name}: median weight difference {median:.2e}"
+    diff = torch.cat([(weights[k] - v).abs().flatten() for k, v in reference.items()])
+    assert diff.mean().item() < 1e-6, f"{label}: mean weight difference {diff.mean().item():.2e}"
+
+
 def run_teacher(recipe: Path, *extra: str, **kwargs) -> subprocess.Popen:
     cmd = [sys.executable, str(ROOT / "compress" / "train_teacher.py"), str(recipe), *extra]
     return subprocess.Popen(cmd, env=env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kwargs)
@@ -139,9 +153,7 @@ def test_compiled_training_matches_eager(tmp_path):
         folder.mkdir()
         finish(run_teacher(tiny_recipe(folder, steps=2), *extra))
         weights[label] = load_file(folder / "runs" / "teacher_test" / "final" / "model.safetensors")
-    assert weights["eager"].keys() == weights["compiled"].keys()
-    for name, ref in weights["eager"].items():
-        torch.testing.assert_close(weights["compiled"][name], ref, rtol=1e-4, atol=1e-6, msg=name)
+    assert_same_training(weights["compiled"], weights["eager"], "compiled")
 
 
 def test_learning_curve_plateau_needs_every_set_flat_over_half_again_the_steps():
