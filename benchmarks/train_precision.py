@@ -18,6 +18,7 @@ import argparse
 import copy
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -27,22 +28,17 @@ import torch.nn.functional as F
 from drsformer import PRESETS, DRSformer, DRSformerConfig
 from drsformer.io import write_json
 
-RAIN100H = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "rain100H"
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-def rain100h_batch(count: int, patch: int, offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """``count`` centre crops (rainy, clean) of Rain100H images ``offset + 1 ...``."""
-    from compress.data import PairedImages
+def rain100h_batches(count: int, patch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Two batches of ``count`` (rainy, clean) centre crops of Rain100H: images 1 to ``count`` and the next ones."""
+    from compress.data import PairedImages, centre_crop
 
-    pairs = PairedImages(RAIN100H)
-    rainy, clean = [], []
-    for i in range(offset, offset + count):
-        item = pairs[i]
-        x, y = item["rainy"], item["clean"]
-        top, left = (x.shape[-2] - patch) // 2, (x.shape[-1] - patch) // 2
-        rainy.append(x[:, top : top + patch, left : left + patch])
-        clean.append(y[:, top : top + patch, left : left + patch])
-    return torch.stack(rainy), torch.stack(clean)
+    pairs = PairedImages(SHARED / "rain100H")
+    items = [pairs[i] for i in range(2 * count)]
+    return [tuple(torch.stack([centre_crop(item[key], patch) for item in items[start : start + count]])
+                  for key in ("rainy", "clean")) for start in (0, count)]  # fmt: skip
 
 
 def gradient(model: DRSformer, rainy: torch.Tensor, clean: torch.Tensor, bf16: bool) -> torch.Tensor:
@@ -72,8 +68,7 @@ def main(argv=None) -> None:
     torch.manual_seed(0)
     model = DRSformer.from_pretrained(args.model) if args.model else DRSformer(DRSformerConfig.preset(args.preset))
     name = "_".join(args.model.resolve().parts[-2:]) if args.model else args.preset  # e.g. teacher_study_best
-    rainy, clean = rain100h_batch(args.batch, args.patch)
-    other = rain100h_batch(args.batch, args.patch, offset=args.batch)
+    (rainy, clean), other = rain100h_batches(args.batch, args.patch)
 
     g32 = gradient(model, rainy, clean, bf16=False)
     g16 = gradient(model, rainy, clean, bf16=True)
@@ -97,7 +92,7 @@ def main(argv=None) -> None:
         times["bf16"].append(step(True))
     median = {k: statistics.median(v) for k, v in times.items()}
     result = {
-        "command": "python -m benchmarks.train_precision " + " ".join(argv if argv is not None else __import__("sys").argv[1:]),
+        "command": "python -m benchmarks.train_precision " + " ".join(sys.argv[1:] if argv is None else argv),
         "model": str(args.model) if args.model else f"preset {args.preset}, random weights",
         "batch": f"{args.batch} x {args.patch}x{args.patch} Rain100H centre crops",
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",

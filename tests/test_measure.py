@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -94,3 +95,18 @@ def test_gpu_benchmark_without_a_gpu_measures_nothing_and_smoke_runs(tmp_path):
     assert {(s["precision"], s["kernels"], s["compiled"]) for s in steps} >= {("bf16", "native", True)}
     assert all(r["patches_per_s"] > 0 for r in record["loader"])
     assert [(r["size"], r["tile"]) for r in record["inference"]] == [(32, None), (64, 32)]
+
+
+@pytest.mark.skipif(not (Path(__file__).resolve().parents[2] / "shared" / "data" / "rain100H").is_dir(),
+                    reason="../shared/data is not there")  # fmt: skip
+def test_train_precision_benchmark_times_both_precisions_and_compares_gradients(tmp_path):
+    from benchmarks.train_precision import main
+
+    main(["--preset", "tiny", "--batch", "2", "--patch", "32", "--repeats", "1", "--out", str(tmp_path)])
+    result = json.loads((tmp_path / "train_precision_tiny.json").read_text())
+    assert set(result["step_seconds"]) == {"fp32", "bf16"} and all(len(v) == 1 for v in result["step_seconds"].values())
+    assert result["bf16_speedup"] == pytest.approx(result["step_seconds_median"]["fp32"]
+                                                   / result["step_seconds_median"]["bf16"])  # fmt: skip
+    same, other = result["bf16_vs_fp32_gradient"], result["other_batch_vs_this_batch_gradient_fp32"]
+    assert 0.99 < same["cosine"] <= 1.0 and 0 < same["relative_difference"] < other["relative_difference"]
+    assert result["command"].endswith("--out " + str(tmp_path))

@@ -36,6 +36,8 @@ def test_every_recipe_validates(recipe):
     loaded = load_recipe(recipe)
     assert loaded.name == recipe.stem and (loaded.teacher is None) == (loaded.prune is None and loaded.distill is None
                                                                        and loaded.lora is None)  # fmt: skip
+
+
 STUDY_PRUNED = [p for p in ALL_RECIPES if p.stem.startswith("study_") and load_recipe(p).prune is not None]
 
 
@@ -51,8 +53,9 @@ def test_study_prune_sections_reach_their_budget_on_the_study_teacher(recipe, st
     hours of training) and lands on its budget; at most max_ratio of any family is removed."""
     from compress.measure import count_params
 
-    spec = load_recipe(recipe).prune
-    assert load_recipe(recipe).teacher.recipe == "recipes/teacher_study.yaml"
+    loaded = load_recipe(recipe)
+    spec = loaded.prune
+    assert loaded.teacher.recipe == "recipes/teacher_study.yaml"
     student, report = prune(study_teacher, spec)
     full, cut = study_teacher.config, student.config
     if spec.target_macs is not None:
