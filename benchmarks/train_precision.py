@@ -50,7 +50,8 @@ def gradient(model: DRSformer, rainy: torch.Tensor, clean: torch.Tensor, bf16: b
 
 
 def compare(a: torch.Tensor, b: torch.Tensor) -> dict:
-    return {"cosine": F.cosine_similarity(a, b, dim=0).item(), "relative_difference": ((a - b).norm() / b.norm()).item()}
+    relative = ((a - b).norm() / b.norm()).item()
+    return {"cosine": F.cosine_similarity(a, b, dim=0).item(), "relative_difference": relative}
 
 
 def main(argv=None) -> None:
@@ -95,7 +96,8 @@ def main(argv=None) -> None:
         "command": "python -m benchmarks.train_precision " + " ".join(sys.argv[1:] if argv is None else argv),
         "model": str(args.model) if args.model else f"preset {args.preset}, random weights",
         "batch": f"{args.batch} x {args.patch}x{args.patch} Rain100H centre crops",
-        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+        f"torch {torch.__version__}",
         "step_seconds_median": median,
         "step_seconds": times,
         "bf16_speedup": median["fp32"] / median["bf16"],

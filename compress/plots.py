@@ -127,7 +127,13 @@ def _per_image_psnr(runs: list[dict], test_set: str) -> dict[str, float]:
 
 
 def _teacher_of(group: dict) -> str:
-    return Path((group["runs"][0]["recipe"].get("teacher") or {}).get("recipe") or "").stem
+    """The stem of the teacher record a student belongs to: its teacher recipe's, or, for a ``teacher.path`` to a
+    run's final model (``<out>/<stem>/final``, as the quickstart's student names its teacher), that run's."""
+    spec = group["runs"][0]["recipe"].get("teacher") or {}
+    if spec.get("recipe"):
+        return Path(spec["recipe"]).stem
+    path = Path(spec.get("path") or "")
+    return path.parent.name if path.name == "final" else ""  # compress.train.FINAL (importing it loads accelerate)
 
 
 def differences(records: list[dict]) -> list[dict]:
@@ -191,7 +197,8 @@ def _targets_table(records: list[dict], diffs: list[dict]) -> list[str]:
                      and (not t["sets"] or d["set"] in t["sets"])]  # fmt: skip
             goal = f"{t['at_least_db']:+.2f} dB vs {ref}"
             if not found:
-                rows.append(f"| {g['stem']} | {goal} | - | - | not measured: no record of {ref} with per-image scores |")
+                missing = f"not measured: no record of {ref} with per-image scores"
+                rows.append(f"| {g['stem']} | {goal} | - | - | {missing} |")
             for d in found:
                 interval = f"{d['mean']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]"
                 verdict = target_verdict(t["at_least_db"], d["mean"], d["lo"], d["hi"])

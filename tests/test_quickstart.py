@@ -17,6 +17,8 @@ def test_quickstart_runs_the_whole_flow(tmp_path, capsys):
     assert (tmp_path / "results" / "pareto_gmacs_256_builtin.png").stat().st_size > 0
     summary = (tmp_path / "results" / "summary.md").read_text()
     assert "| teacher_tiny | teacher |" in summary and "prune50_distill" in summary
+    # the student names its teacher by path (runs/teacher_tiny/final): the summary still pairs them per image
+    assert "| prune50_distill | teacher_tiny | rain100L | 2 | 1/1 |" in summary
     assert (
         DRSformer.from_pretrained(tmp_path / "runs" / "prune50_distill" / "final").config
         == DRSformer.from_pretrained(tmp_path / "runs" / "prune50_distill" / "best").config
