@@ -24,29 +24,40 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$((JOBS > 1 ? 1 : 2))}
 
 # the teacher: resumes to the end of its schedule (see results/README.md), then its record (evaluation only);
 # then the plateau test: its final model trained 50% more steps in a new cycle (a control record of its own), the
-# two curves joined. The students wait for a plateau (PLATEAU_ANYWAY=1 runs them regardless).
-record() {  # recipe:seed -> results/runs/<stem>.json, unless it exists; an interrupted run resumes
+# curves joined. CHAIN lists the plateau runs in order: when one still gains, its final model is the next
+# candidate, and a recipe that trains it 50% more again (teacher.recipe: the previous link) is appended. The
+# study teacher is the link whose test passed; the students wait for it (PLATEAU_ANYWAY=1: the last link).
+CHAIN=${CHAIN:-study_teacher_plateau}
+record() {  # recipe:seed [run.py args] -> results/runs/<stem>.json, unless it exists; an interrupted run resumes
     local recipe=${1%:*} seed=${1#*:} stem=${1%:*}
     [ "$seed" = 100 ] || stem=${recipe}_seed$seed
     if [ -f "results/runs/$stem.json" ]; then echo "study.sh: have results/runs/$stem.json"; return; fi
-    python compress/run.py "recipes/$recipe.yaml" --set "seed=$seed" --resume
+    shift
+    python compress/run.py "recipes/$recipe.yaml" --set "seed=$seed" --resume "$@"
 }
 export -f record
 python compress/train_teacher.py recipes/teacher_study.yaml --resume
 record teacher_study:100
-record study_teacher_plateau:100
-python -m benchmarks.learning_curve runs/teacher_study --continued runs/study_teacher_plateau --out results/teacher_study
-if ! python -c 'import json, sys; sys.exit(json.load(open("results/teacher_study/plateau.json"))["plateau_at"] is None)'
-then
+for link in $CHAIN; do record "$link:100"; done
+python -m benchmarks.learning_curve runs/teacher_study $(printf -- '--continued runs/%s ' $CHAIN) \
+    --out results/teacher_study
+verdict() { python -c "import json; print(json.load(open('results/teacher_study/plateau.json'))['$1'] or '')"; }
+TEACHER=$(verdict plateau_run)
+if [ -z "$TEACHER" ]; then
     echo "study.sh: the teacher has not plateaued (results/teacher_study/plateau.json): 50% more steps still gain" \
-         ">= 0.1 dB on some set; train it on before the students (or PLATEAU_ANYWAY=1)" >&2
+         ">= 0.1 dB on some set; append a plateau run to CHAIN before the students (or PLATEAU_ANYWAY=1)" >&2
     [ "${PLATEAU_ANYWAY:-0}" = 1 ] || exit 1
+    TEACHER=$(verdict last_run)
 fi
+echo "study.sh: the study teacher is runs/$TEACHER/final"
+export TEACHER
 
 # each student once: a recipe:seed whose record exists is skipped, an interrupted one resumes (the study spans
-# sessions: run this again to continue it)
-printf '%s\n' $STUDY | xargs -P "$JOBS" -I{} bash -c 'record {}'
+# sessions: run this again to continue it). Students learn from the study teacher (a resumed run refuses another
+# teacher). study_scratch50_long trains the 8000 steps of teacher_study plus 1000: with a longer chain, raise its
+# train.steps to the chain's steps plus 1000.
+printf '%s\n' $STUDY | xargs -P "$JOBS" -I{} bash -c 'record {} --set "teacher.recipe=recipes/$TEACHER.yaml"'
 # which unit families are cheapest before any training (the prune75_* records say after it), every image
-python -m benchmarks.unit_sensitivity runs/teacher_study/final --budgets 0.75,0.5 --limit 100 --out results/teacher_study
+python -m benchmarks.unit_sensitivity runs/$TEACHER/final --budgets 0.75,0.5 --limit 100 --out results/teacher_study
 OMP_NUM_THREADS=2 python -m benchmarks.study_latency --deployed openvino:fp32
 python -m compress.plots

@@ -137,13 +137,15 @@ def _teacher_of(group: dict) -> str:
 
 
 def differences(records: list[dict]) -> list[dict]:
-    """Each student's PSNR minus its teacher's and minus every control's of the same teacher (``control: true``
-    recipes), per set, with a paired bootstrap 95% interval over the images both scored (records with per-image
-    rows; a recipe's seeds averaged per image first); an interval that contains 0 cannot be told from zero."""
+    """Each student's PSNR minus its teacher's (a teacher recipe's record, or that of any run whose final model a
+    student names as its teacher) and minus every control's of the same teacher (``control: true`` recipes), per
+    set, with a paired bootstrap 95% interval over the images both scored (records with per-image rows; a
+    recipe's seeds averaged per image first); an interval that contains 0 cannot be told from zero."""
     from compress.results import paired_bootstrap
 
     groups = group_by_recipe(records)
-    teachers = {g["stem"]: g for g in groups if g["role"] == "teacher"}
+    named = {_teacher_of(g) for g in groups}  # a run's final model that students were distilled from is a teacher
+    teachers = {g["stem"]: g for g in groups if g["role"] == "teacher" or g["stem"] in named}
     controls = [g for g in groups if g["runs"][0]["recipe"].get("control")]
     out = []
     for g in sorted(groups, key=lambda g: g["stem"]):

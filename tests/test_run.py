@@ -337,6 +337,12 @@ def test_summary_gives_paired_bootstrap_intervals_and_published_figures(tmp_path
     line = next(line for line in table.splitlines() if line.startswith("| s | c | rain100L | 20 | 1/2 |"))
     assert "+0.100 [+0.100, +0.100]" in line and line.endswith("| above |")  # s minus the mean of c's two seeds
     assert not any(line.startswith("| c | c |") for line in table.splitlines())
+    # a student of the control (the teacher trained on, named by recipe) has the control as its teacher
+    grandchild = {**student, "stem": "g", "recipe": {"name": "g", "seed": 100, "teacher": {"recipe": "recipes/c.yaml"}}}
+    table = summary_markdown([teacher, student, control, grandchild])
+    line = next(line for line in table.splitlines() if line.startswith("| g | c | rain100L | 20 | 1/1 |"))
+    assert "+0.000 [+0.000, +0.000]" in line  # the same per-image scores as c
+    assert not any(line.startswith("| g | teacher_t |") for line in table.splitlines())
 
 
 def test_summary_checks_each_recipes_targets_by_mean_and_interval():

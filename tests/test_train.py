@@ -188,6 +188,36 @@ def test_learning_curve_continued_run_follows_the_base_and_decides_its_end(tmp_p
     verdict = json.loads((tmp_path / "out" / "plateau.json").read_text())
     assert [(c["from"], c["to"], c["plateau"]) for c in verdict["checks"]] == [(1000, 2000, False), (2000, 3000, True)]
     assert verdict["plateau_at"] == 2000 and (tmp_path / "out" / "curve.png").stat().st_size > 0
+    assert verdict["plateau_run"] == "base"
+
+
+def test_learning_curve_chain_of_cycles_can_only_plateau_at_a_segment_end(tmp_path):
+    """A base run of 4000 steps, a first plateau run of 2000 more that still gains, a second of 3000 that does not:
+    the plateau is the first run's end (6000), not a flat check inside the base or one across a restart."""
+    from benchmarks.learning_curve import main, plateau
+
+    def point(step, a):
+        return {"step": step, "val": {"a": {"psnr_y_db": a}}}
+
+    base = [point(1000, 20.0), point(2000, 21.0), point(3000, 21.02), point(4000, 21.5)]  # flat 2000 -> 3000
+    first = [point(1000, 21.1), point(2000, 21.8)]  # its high learning rate dips below step 3000, then +0.3 dB
+    second = [point(1000, 21.7), point(3000, 21.85)]  # +0.05 dB over 50% more steps: the plateau at 6000
+    for name, points in (("base", base), ("first", first), ("second", second)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "curve.json").write_text(json.dumps(points))
+    assert plateau(base)["plateau_at"] == 2000  # one run alone: any validation step can be its plateau
+    args = [str(tmp_path / "base"), "--continued", str(tmp_path / "first"), "--out", str(tmp_path / "one")]
+    main(args)
+    verdict = json.loads((tmp_path / "one" / "plateau.json").read_text())
+    spans = [(c["from"], c["to"]) for c in verdict["checks"]]
+    assert (3000, 5000) not in spans and (2000, 3000) in spans  # 3000 -> 5000 would span the restart at 4000
+    assert verdict["restarts"] == [4000] and verdict["plateau_at"] is None  # 4000 -> 6000: +0.3 dB
+    assert verdict["plateau_run"] is None and verdict["last_run"] == "first"
+    main(args + ["--continued", str(tmp_path / "second"), "--out", str(tmp_path / "two")])
+    verdict = json.loads((tmp_path / "two" / "plateau.json").read_text())
+    assert verdict["restarts"] == [4000, 6000] and verdict["plateau_at"] == 6000
+    assert verdict["plateau_run"] == "first" and verdict["last_run"] == "second"  # benchmarks/study.sh's teacher
+    assert [c["plateau"] for c in verdict["checks"] if c["from"] == 6000] == [True]
 
 
 def test_bf16_training_runs_on_the_cpu_and_validates_in_fp32(tmp_path):
