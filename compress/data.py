@@ -11,6 +11,7 @@ Layouts (``paired_files``):
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -173,6 +174,19 @@ def image_files(folders: list[str | Path]) -> list[Path]:
             raise DataError(f"{folder}: no images found (suffixes {', '.join(IMAGE_SUFFIXES)})")
         files += found
     return files
+
+
+def split_files(files: list[Path], split: str) -> list[Path]:
+    """A fixed split of photos without ground truth: ``"test"`` keeps the files whose name's SHA-1 starts with an
+    even byte (about half, the same wherever the folder lies and whatever else it holds), ``"train"`` the others,
+    ``"all"`` every file. A student trained on real rain (``data.real_rain_split: train``) is scored on photos it
+    never saw (``eval.real_split: test``)."""
+    if split == "all":
+        return list(files)
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be all, train or test, got {split!r}")
+    held_out = [hashlib.sha1(Path(f).name.encode()).digest()[0] % 2 == 0 for f in files]
+    return [f for f, test in zip(files, held_out) if test == (split == "test")]
 
 
 def to_uint8(img: torch.Tensor) -> torch.Tensor:
@@ -381,7 +395,8 @@ def training_patches(cfg, seed: int) -> tuple[torch.utils.data.Dataset, Patches 
 
     real = None
     if cfg.real_rain:
-        real = Patches(load_images(image_files(cfg.real_rain)), cfg.patch_size, seed + 1, role="rainy")
+        files = split_files(image_files(cfg.real_rain), cfg.real_rain_split)
+        real = Patches(load_images(files), cfg.patch_size, seed + 1, role="rainy")
     return training_pairs(cfg, seed), real
 
 

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from compress.console import cli, progress_bar
-from compress.data import DataError, PairedImages, check_writable_folder, image_files, read_image, to_uint8
+from compress.data import DataError, PairedImages, check_writable_folder, image_files, read_image, split_files, to_uint8
 from compress.measure import model_device
 from compress.metrics import NoReference, psnr_y, ssim_y
 from drsformer import PRESETS, DRSformer, DRSformerConfig
@@ -144,10 +144,12 @@ def score_unpaired(
     limit: int | None = None,
     scorer: NoReference | None = None,
     accelerator=None,
+    split: str = "all",
 ) -> dict:
     """Mean NIQE/BRISQUE of the derained photos of ``folder`` (no ground truth), images/s, per image; sharded
-    over an ``accelerator``'s processes as ``score_paired``."""
-    files = image_files([folder])[:limit]
+    over an ``accelerator``'s processes as ``score_paired``. ``split``: the folder's photos, or its held-out
+    ``"test"`` half (``compress.data.split_files``)."""
+    files = split_files(image_files([folder]), split)[:limit]
     scorer = scorer or NoReference()
     if not files:
         raise DataError(f"{folder}: no images to score")
@@ -176,11 +178,13 @@ def evaluate(
     limit: int | None = None,
     show: bool = True,
     accelerator=None,
+    real_split: str = "all",
 ) -> dict[str, dict]:
     """Score ``model`` on named paired sets and real-rain folders; ``{set: {metric: value, per_image: [...]}}``.
 
     With an ``accelerator`` the model runs on its device and the images are shared out over its processes
-    (every process returns the same result)."""
+    (every process returns the same result). ``real_split``: every real photo, or each folder's held-out
+    ``"test"`` half."""
     from rich.console import Console
 
     model = model.eval()
@@ -201,7 +205,7 @@ def evaluate(
             results[name] = score_paired(model, dataset, tile, progress, name, limit, accelerator)
         scorer = NoReference() if real else None
         for name, folder in real.items():
-            results[name] = score_unpaired(model, folder, tile, progress, name, limit, scorer, accelerator)
+            results[name] = score_unpaired(model, folder, tile, progress, name, limit, scorer, accelerator, real_split)
     if show:
         Console().print(results_table(results))
     return results
@@ -290,6 +294,8 @@ def main(argv=None) -> None:
     score.add_argument("model")
     score.add_argument("--paired", nargs="*", default=[], help="NAME=FOLDER of a paired set (input/target layout)")
     score.add_argument("--real", nargs="*", default=[], help="NAME=FOLDER of real rainy photos (no ground truth)")
+    score.add_argument("--real-split", choices=["all", "test"], default="all",
+                       help="test: only each real folder's held-out half (compress.data.split_files)")  # fmt: skip
     score.add_argument("--out", type=Path, help="write the record as JSON here")
     score.add_argument("--limit", type=_positive, help="only the first N images of each set")
     rain = sub.add_parser("derain", help="derain a folder of images into another folder")
@@ -317,7 +323,8 @@ def main(argv=None) -> None:
         return
     if not args.paired and not args.real:
         parser.error("score needs --paired and/or --real sets")
-    results = evaluate(model, _named(args.paired, "--paired"), _named(args.real, "--real"), args.tile, args.limit)
+    results = evaluate(model, _named(args.paired, "--paired"), _named(args.real, "--real"), args.tile, args.limit,
+                       real_split=args.real_split)  # fmt: skip
     if args.out:
         import resource
         import sys

@@ -10,6 +10,7 @@ Why pydantic and not dataclasses: typed paths in errors and tagged unions come f
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -126,6 +127,8 @@ class DataConfig(Strict):
     heaviness: tuple[float, float] = (0.0, 1.0)  # synthetic rain sampled uniformly: 0 Rain100L-like .. 1 Rain100H-like
     real_rain: list[str] = []  # folders of rainy photos without ground truth (distillation targets only)
     real_rain_fraction: float = Field(0.0, ge=0.0, lt=1.0)  # share of each batch drawn from real_rain
+    # train: only the photos that compress.data.split_files does not hold out for eval.real_split: test
+    real_rain_split: Literal["all", "train"] = "all"
     val_backgrounds: list[str] = ["builtin"]  # held-out clean photos, rained at heaviness 0 and 1 for validation
     val_sets: dict[str, PairedRef] = {}  # paired sets for validation (their first 8 images, centre-cropped)
     val_size: int = Field(256, ge=32)  # validation images are centre-cropped to this (cheap, same every time)
@@ -196,6 +199,7 @@ class EvalConfig(Strict):
     paired: dict[str, PairedRef] = {}  # name -> paired set, scored with PSNR/SSIM (Y)
     synthetic: dict[str, SyntheticTest] = {}  # name -> fixed synthetic rain on held-out photos, scored the same way
     real: dict[str, str] = {}  # name -> folder of real rainy photos, scored with NIQE/BRISQUE
+    real_split: Literal["all", "test"] = "all"  # test: only the held-out half (compress.data.split_files)
     limit: int | None = Field(None, ge=1)  # first N images per set (quick runs)
     tile: int | None = Field(None, ge=32)
     latency_size: int = Field(256, ge=32)  # CPU latency is measured at this square size
@@ -323,6 +327,15 @@ class Recipe(Strict):
             raise ValueError("student_init: random needs prune (it defines the student's config)")
         if self.data.real_rain_fraction > 0 and self.distill is None:
             raise ValueError("data.real_rain_fraction > 0 needs distill (real rain has no ground truth)")
+        trained = {os.path.realpath(f) for f in self.data.real_rain} if self.data.real_rain_fraction > 0 else set()
+        for name, folder in self.eval.real.items():
+            split = (self.data.real_rain_split, self.eval.real_split)
+            if os.path.realpath(folder) in trained and split != ("train", "test"):
+                raise ValueError(
+                    f"eval.real.{name} scores {folder}, the photos data.real_rain trains on: set "
+                    "data.real_rain_split: train and eval.real_split: test (a fixed half of the folder each), or "
+                    "score another folder"
+                )
         return self
 
     @property

@@ -153,7 +153,7 @@ def _run(recipe, stem, console, accelerator, started, resume, scratch, results) 
     if recipe.train.compile and recipe.eval.tile is None:  # tiling swaps methods per module: it runs eager
         scored = torch.compile(final.to(accelerator.device), dynamic=True, **recipe.train.compile_options())
     sets = evaluate(scored, eval_sets(recipe), recipe.eval.real, recipe.eval.tile, recipe.eval.limit,
-                    accelerator=accelerator)  # fmt: skip
+                    accelerator=accelerator, real_split=recipe.eval.real_split)  # fmt: skip
     final = final.cpu()
     bad = [f"{name}.{metric}" for name, row in sets.items() for metric, value in row.items()
            if isinstance(value, float) and not math.isfinite(value)]  # fmt: skip

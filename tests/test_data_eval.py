@@ -20,6 +20,7 @@ from compress.data import (
     paired_files,
     random_crop,
     read_image,
+    training_patches,
 )
 from compress.metrics import NoReference, iqa_dir, psnr_y
 from drsformer import ConfigError, DRSformer, DRSformerConfig
@@ -141,6 +142,43 @@ def test_evaluate_cli_writes_a_record_and_loads_saved_models(tiny_model, tmp_pat
         ev.load_model("random:huge")
     with pytest.raises(DataError, match="not a folder"):
         ev.main(["score", "identity", "--paired", f"x={tmp_path / 'missing'}"])
+
+
+def test_real_rain_split_holds_out_half_a_folder_by_name(tmp_path):
+    """Real photos without ground truth: a student trained on a folder's ``train`` half is scored on its
+    ``test`` half, and a recipe that would train on the photos it scores is refused before any work."""
+    from compress.data import split_files
+    from compress.recipe import RecipeError, load_recipe
+
+    files = [tmp_path / "a" / f"{i}.jpg" for i in range(40)]
+    test, train = split_files(files, "test"), split_files(files, "train")
+    assert set(test).isdisjoint(train) and sorted(test + train) == sorted(files) and 10 < len(test) < 30
+    moved = [tmp_path / "elsewhere" / f.name for f in reversed(files)]  # the name alone decides
+    assert sorted(f.name for f in split_files(moved, "test")) == sorted(f.name for f in test)
+    assert split_files(files, "all") == files
+    # scoring the held-out half scores exactly its photos (the identity model: the rainy photos themselves)
+    real = tmp_path / "real"
+    real.mkdir()
+    for path in sorted(need(DATA / "real_rain" / "sirr147").iterdir())[:6]:
+        Image.open(path).convert("RGB").crop((0, 0, 192, 192)).save(real / f"{path.stem}.png")
+    out = tmp_path / "eval.json"
+    ev.main(["score", "identity", "--real", f"r={real}", "--real-split", "test", "--out", str(out)])
+    scored = [row["name"] for row in json.loads(out.read_text())["sets"]["r"]["per_image"]]
+    assert scored == [f.name for f in split_files(sorted(real.iterdir()), "test")] and 0 < len(scored) < 6
+    recipe = tmp_path / "realrain.yaml"
+    recipe.write_text(
+        f'teacher: {{path: "{tmp_path}"}}\ndistill: {{output_weight: 1.0}}\n'
+        f'data: {{real_rain: ["{real}"], real_rain_fraction: 0.25}}\neval: {{real: {{r: "{real}/"}}}}\n'
+    )
+    with pytest.raises(RecipeError, match=r"eval.real.r scores .*real_rain_split: train and eval.real_split: test"):
+        load_recipe(recipe)
+    with pytest.raises(RecipeError, match="eval.real.r scores"):  # one side split is not enough
+        load_recipe(recipe, ["eval.real_split=test"])
+    split = load_recipe(recipe, ["data.real_rain_split=train", "eval.real_split=test"])
+    assert (split.data.real_rain_split, split.eval.real_split) == ("train", "test")
+    _, patches = training_patches(split.data, seed=0)  # the student's real-rain patches: the train half only
+    assert len(patches.images) == len(split_files(sorted(real.iterdir()), "train"))
+    assert load_recipe(recipe, ["data.real_rain_fraction=0.0"]).eval.real_split == "all"  # not trained on: fine
 
 
 def test_libsvm_parsing_fills_omitted_features():
