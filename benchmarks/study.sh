@@ -57,7 +57,9 @@ export TEACHER
 # teacher). study_scratch50_long trains the 8000 steps of teacher_study plus 1000: with a longer chain, raise its
 # train.steps to the chain's steps plus 1000.
 printf '%s\n' $STUDY | xargs -P "$JOBS" -I{} bash -c 'record {} --set "teacher.recipe=recipes/$TEACHER.yaml"'
-# which unit families are cheapest before any training (the prune75_* records say after it), every image
-python -m benchmarks.unit_sensitivity runs/$TEACHER/final --budgets 0.75,0.5 --limit 100 --out results/teacher_study
+# which unit families are cheapest before any training: each study_prune75_* student as it comes out of pruning
+# (its record says after training), every image
+python -m benchmarks.unit_sensitivity "runs/$TEACHER/final" --recipes recipes/study_prune75_*.yaml --limit 100 \
+    --out results/teacher_study
 OMP_NUM_THREADS=2 python -m benchmarks.study_latency --deployed openvino:fp32
 python -m compress.plots

@@ -8,6 +8,10 @@ student as it comes out of pruning on the first ``--limit`` images of Rain100L a
 width ratio is scored once at the MACs it lands on. A unit set that cannot reach a budget is recorded with
 the error, not skipped silently. The drop before any training is the usual sensitivity measure; the trained
 recipes (``prune50_*``) say how much of it training recovers. Writes ``results/bench/unit_sensitivity.json`` atomically.
+
+``--recipes`` prunes with each recipe's own ``prune`` section instead (units, budget, cap, criterion), so each row
+is exactly the student that recipe trains, before its training (``benchmarks/study.sh``: the study_prune75_*
+unit families against their records).
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ import torch
 from compress.evaluate import evaluate, load_model
 from compress.measure import count_macs, count_params
 from compress.prune import PruneError, PruneSpec, prune
+from compress.recipe import load_recipe
+from compress.run import calibration
 from drsformer.io import write_json
 
 UNIT_SETS = {
@@ -53,11 +59,26 @@ def main(argv=None) -> None:
     parser.add_argument("--limit", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("results/bench"))
+    parser.add_argument("--recipes", type=Path, nargs="+", help="prune as each recipe's prune section (not UNIT_SETS)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    recipes = [load_recipe(path) for path in args.recipes or []]  # a bad recipe fails before any work
+    for path, recipe in zip(args.recipes or [], recipes):
+        if recipe.prune is None:
+            raise SystemExit(f"{path}: no prune section; give recipes that prune the teacher")
     teacher = load_model(args.teacher).eval()
     rows = [{"units": "none (teacher)", "budget": 1.0, **scored(teacher, teacher, args.limit)}]
-    for name, units in UNIT_SETS.items():
+    for path, recipe in zip(args.recipes or [], recipes):
+        p = recipe.prune
+        taylor = p.criterion == "taylor"  # gradients of a few training batches, as the recipe's run takes them
+        batches = calibration(recipe, p.calibration_batches, p.calibration_batch_size) if taylor else []
+        row = {"units": "+".join(p.units) + f" ({path.stem})", "recipe": str(path),
+               "budget": p.target_macs if p.target_macs is not None else p.target_params,
+               "max_ratio": p.max_ratio, "criterion": p.criterion}  # fmt: skip
+        row.update(scored(prune(teacher, p, batches)[0], teacher, args.limit))
+        rows.append(row)
+        print(json.dumps(row))
+    for name, units in UNIT_SETS.items() if not recipes else ():
         for budget in (float(b) for b in args.budgets.split(",")):
             row = {"units": name, "budget": budget}
             try:
@@ -67,13 +88,15 @@ def main(argv=None) -> None:
                 row["error"] = str(error)
             rows.append(row)
             print(json.dumps(row))
-    student, _ = prune(teacher, PruneSpec(["width"], ratios={"width": 0.5}))
-    rows.append({"units": "width (uniform ratio 0.5)", "budget": None, **scored(student, teacher, args.limit)})
+    if not recipes:
+        student, _ = prune(teacher, PruneSpec(["width"], ratios={"width": 0.5}))
+        rows.append({"units": "width (uniform ratio 0.5)", "budget": None, **scored(student, teacher, args.limit)})
+    rule = "each recipe's prune section" if recipes else f"L1 importance; max_ratio {args.max_ratio}"
     record = {
-        "command": " ".join(["python -m benchmarks.unit_sensitivity", *sys.argv[1:]]),
+        "command": " ".join(["python -m benchmarks.unit_sensitivity", *(sys.argv[1:] if argv is None else argv)]),
         "teacher": args.teacher,
-        "scale": f"no training after pruning; first {args.limit} images of each set; L1 importance; "
-        f"max_ratio {args.max_ratio}; CPU, {args.threads} threads, fp32",
+        "scale": f"no training after pruning; first {args.limit} images of each set; {rule}; "
+        f"CPU, {args.threads} threads, fp32",
         "torch": torch.__version__,
         "rows": rows,
     }

@@ -110,3 +110,33 @@ def test_train_precision_benchmark_times_both_precisions_and_compares_gradients(
     same, other = result["bf16_vs_fp32_gradient"], result["other_batch_vs_this_batch_gradient_fp32"]
     assert 0.99 < same["cosine"] <= 1.0 and 0 < same["relative_difference"] < other["relative_difference"]
     assert result["command"].endswith("--out " + str(tmp_path))
+
+
+@pytest.mark.skipif(not (Path(__file__).resolve().parents[2] / "shared" / "data" / "rain100H").is_dir(),
+                    reason="../shared/data is not there")  # fmt: skip
+def test_unit_sensitivity_prunes_as_each_recipe_before_any_training(tmp_path):
+    from benchmarks.unit_sensitivity import main
+    from compress.prune import prune
+    from compress.recipe import load_recipe
+
+    torch.manual_seed(0)
+    teacher = DRSformer(DRSformerConfig.preset("tiny")).eval()
+    teacher.save_pretrained(tmp_path / "teacher")
+    sections = {"experts": "{target_macs: 0.75, units: [experts, steps]}",
+                "internals": "{target_macs: 0.75, units: [head_channels, ffn, experts], max_ratio: 0.75}"}  # fmt: skip
+    for name, section in sections.items():
+        (tmp_path / f"{name}.yaml").write_text(f'teacher: {{path: "{tmp_path / "teacher"}"}}\nprune: {section}\n')
+    (tmp_path / "none.yaml").write_text(f'teacher: {{path: "{tmp_path / "teacher"}"}}\n')
+    with pytest.raises(SystemExit, match="none.yaml: no prune section"):
+        main([str(tmp_path / "teacher"), "--recipes", str(tmp_path / "none.yaml"), "--out", str(tmp_path)])
+    recipes = [str(tmp_path / f"{name}.yaml") for name in sections]
+    main([str(tmp_path / "teacher"), "--recipes", *recipes, "--limit", "1", "--threads", "1", "--out", str(tmp_path)])
+    rows = json.loads((tmp_path / "unit_sensitivity.json").read_text())["rows"]
+    assert [r["units"] for r in rows] == ["none (teacher)", "experts+steps (experts)",
+                                          "head_channels+ffn+experts (internals)"]  # fmt: skip
+    for row, recipe in zip(rows[1:], recipes):
+        student, _ = prune(teacher, load_recipe(recipe).prune)  # the very student the recipe would train
+        assert row["widths"] == [level.width for level in student.config.levels]
+        assert row["macs_kept"] == pytest.approx(count_macs(student.config) / count_macs(teacher.config))
+        assert row["macs_kept"] <= 0.75 and 5 < row["rain100H_psnr_y_db"] < 60
+    assert rows[1]["max_ratio"] == 1.0 and rows[2]["max_ratio"] == 0.75
