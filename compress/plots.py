@@ -44,9 +44,10 @@ def group_by_recipe(records: list[dict]) -> list[dict]:
                 metric: fmean([row[metric] for row in rows]) for metric in ("psnr_y_db", "ssim_y", "niqe", "brisque")
                 if all(metric in row for row in rows)
             }  # fmt: skip
-            if "psnr_y_db" in sets[test_set]:
-                values = [row["psnr_y_db"] for row in rows]
-                sets[test_set]["psnr_range"] = (min(values), max(values))
+            for metric, key in (("psnr_y_db", "psnr_range"), ("niqe", "niqe_range"), ("brisque", "brisque_range")):
+                if metric in sets[test_set]:
+                    values = [row[metric] for row in rows]
+                    sets[test_set][key] = (min(values), max(values))
         entry["sets"] = sets
         out.append(entry)
     return out
@@ -66,6 +67,14 @@ def side_by_side_latency(records: list[dict], bench: Path) -> str | None:
         r["deployed_ms"] = data.get("deployed_ms", {}).get(r["stem"], r["deployed_ms"])
     deployed = f"; deployed: {data['deployed_backend']}" if data.get("deployed_ms") else ""
     return f"latency: side by side, `{data['command']}` ({data['machine']}{deployed})"
+
+
+def _no_reference_cell(row: dict, seeds: bool) -> str:
+    niqe, brisque = f"{row['niqe']:.3f}", f"{row['brisque']:.2f}"
+    if seeds:
+        niqe += " [{:.3f}, {:.3f}]".format(*row["niqe_range"])
+        brisque += " [{:.2f}, {:.2f}]".format(*row["brisque_range"])
+    return f"{niqe} / {brisque}"
 
 
 def summary_markdown(records: list[dict], latency_note: str | None = None, diffs: list[dict] | None = None) -> str:
@@ -97,8 +106,11 @@ def summary_markdown(records: list[dict], latency_note: str | None = None, diffs
             cells.append(f"{row['psnr_y_db']:.2f}{spread}" if "psnr_y_db" in row else "-")
         for s in real:
             row = g["sets"].get(s, {})
-            cells.append(f"{row['niqe']:.3f} / {row['brisque']:.2f}" if "niqe" in row else "-")
+            cells.append(_no_reference_cell(row, len(g["seeds"]) > 1) if "niqe" in row else "-")
         lines.append("| " + " | ".join(cells) + " |")
+    if real:
+        lines += ["", "NIQE / BRISQUE: lower is better; with two or more seeds, the range over seeds in brackets (a "
+                  "difference between recipes inside it is within the seed spread)."]  # fmt: skip
     diffs = differences(records) if diffs is None else diffs
     lines += _differences_table(diffs) + _targets_table(records, diffs)
     published = [(r, name, paper) for r in records
@@ -138,12 +150,14 @@ def _teacher_of(group: dict) -> str:
 
 def differences(records: list[dict]) -> list[dict]:
     """Each student's PSNR minus its teacher's (a teacher recipe's record, or that of any run whose final model a
-    student names as its teacher) and minus every control's of the same teacher (``control: true`` recipes), per
-    set, with a paired bootstrap 95% interval over the images both scored (records with per-image rows; a
-    recipe's seeds averaged per image first); an interval that contains 0 cannot be told from zero."""
+    student names as its teacher), minus every control's of the same teacher (``control: true`` recipes) and
+    minus that of every recipe it names in ``compare`` or in a target, per set, with a paired bootstrap 95%
+    interval over the images both scored (records with per-image rows; a recipe's seeds averaged per image
+    first); an interval that contains 0 cannot be told from zero."""
     from compress.results import paired_bootstrap
 
     groups = group_by_recipe(records)
+    by_stem = {g["stem"]: g for g in groups}
     named = {_teacher_of(g) for g in groups}  # a run's final model that students were distilled from is a teacher
     teachers = {g["stem"]: g for g in groups if g["role"] == "teacher" or g["stem"] in named}
     controls = [g for g in groups if g["runs"][0]["recipe"].get("control")]
@@ -153,6 +167,10 @@ def differences(records: list[dict]) -> list[dict]:
             continue
         teacher = _teacher_of(g)
         references = [teachers[teacher]] + [c for c in controls if c is not g and _teacher_of(c) == teacher]
+        recipe = g["runs"][0]["recipe"]
+        wanted = list(recipe.get("compare") or []) + [t["reference"] for t in recipe.get("targets") or []]
+        known = {r["stem"] for r in references} | {g["stem"]}
+        references += [by_stem[n] for n in dict.fromkeys(wanted) if n in by_stem and n not in known]
         for ref in references:
             for name in sorted(g["sets"]):
                 ours, theirs = _per_image_psnr(g["runs"], name), _per_image_psnr(ref["runs"], name)
@@ -175,8 +193,9 @@ def _differences_table(diffs: list[dict]) -> list[str]:
         rows.append("| " + " | ".join(cells) + " |")
     if not rows:
         return []
-    return ["", "Student minus teacher and minus each control, PSNR (dB): mean over images (each recipe's seeds "
-            "averaged per image) with a paired bootstrap 95% interval over images:", "",
+    return ["", "Student minus teacher, minus each control and minus each recipe it names in `compare`, PSNR (dB): "
+            "mean over images (each recipe's seeds averaged per image) with a paired bootstrap 95% interval over "
+            "images:", "",
             "| student | reference | set | images | seeds | difference [95% CI] | verdict |",
             "|---|---|---|---|---|---|---|", *rows]  # fmt: skip
 

@@ -313,6 +313,7 @@ class Recipe(Strict):
     # teacher with it as with the teacher
     control: bool = False
     targets: list[Target] = []  # the study's goals for this student, checked against the records in summary.md
+    compare: list[str] = []  # other recipes (by name) whose difference to this one summary.md gives, with intervals
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()

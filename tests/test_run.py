@@ -343,6 +343,18 @@ def test_summary_gives_paired_bootstrap_intervals_and_published_figures(tmp_path
     line = next(line for line in table.splitlines() if line.startswith("| g | c | rain100L | 20 | 1/1 |"))
     assert "+0.000 [+0.000, +0.000]" in line  # the same per-image scores as c
     assert not any(line.startswith("| g | teacher_t |") for line in table.splitlines())
+    # a student's `compare` recipes are references too (here: another student of the same teacher)
+    other = {**student, "stem": "o", "recipe": {**student["recipe"], "name": "o", "compare": ["s", "missing"]},
+             "sets": {"rain100L": {"psnr_y_db": 30.95, "ssim_y": 0.9, "per_image": rows}}}  # fmt: skip
+    table = summary_markdown([teacher, student, other])
+    line = next(line for line in table.splitlines() if line.startswith("| o | s | rain100L | 20 | 1/1 |"))
+    assert "+0.291 [+0.28" in line and line.endswith("| above |")
+    assert not any(line.startswith("| s | o |") for line in table.splitlines())  # only the one that names it
+    # NIQE/BRISQUE of a recipe's seeds: the mean and the range over seeds
+    scores = ((100, 3.0, 20.0), (101, 3.2, 21.0))
+    real = [{**student, "stem": f"r{seed}", "recipe": {"name": "r", "seed": seed},
+             "sets": {"real": {"niqe": niqe, "brisque": brisque}}} for seed, niqe, brisque in scores]  # fmt: skip
+    assert "| r | 100,101 | 2.000 | 3 | 3.100 [3.000, 3.200] / 20.50 [20.00, 21.00] |" in summary_markdown(real)
 
 
 def test_summary_checks_each_recipes_targets_by_mean_and_interval():
