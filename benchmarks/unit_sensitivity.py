@@ -27,7 +27,7 @@ from compress.evaluate import evaluate, load_model
 from compress.measure import count_macs, count_params
 from compress.prune import PruneError, PruneSpec, prune
 from compress.recipe import load_recipe
-from compress.run import calibration
+from compress.run import pruned
 from drsformer.io import write_json
 
 UNIT_SETS = {
@@ -62,20 +62,18 @@ def main(argv=None) -> None:
     parser.add_argument("--recipes", type=Path, nargs="+", help="prune as each recipe's prune section (not UNIT_SETS)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    recipes = [load_recipe(path) for path in args.recipes or []]  # a bad recipe fails before any work
-    for path, recipe in zip(args.recipes or [], recipes):
+    recipes = [(path, load_recipe(path)) for path in args.recipes or []]  # a bad recipe fails before any work
+    for path, recipe in recipes:
         if recipe.prune is None:
             raise SystemExit(f"{path}: no prune section; give recipes that prune the teacher")
     teacher = load_model(args.teacher).eval()
     rows = [{"units": "none (teacher)", "budget": 1.0, **scored(teacher, teacher, args.limit)}]
-    for path, recipe in zip(args.recipes or [], recipes):
+    for path, recipe in recipes:
         p = recipe.prune
-        taylor = p.criterion == "taylor"  # gradients of a few training batches, as the recipe's run takes them
-        batches = calibration(recipe, p.calibration_batches, p.calibration_batch_size) if taylor else []
         row = {"units": "+".join(p.units) + f" ({path.stem})", "recipe": str(path),
                "budget": p.target_macs if p.target_macs is not None else p.target_params,
                "max_ratio": p.max_ratio, "criterion": p.criterion}  # fmt: skip
-        row.update(scored(prune(teacher, p, batches)[0], teacher, args.limit))
+        row.update(scored(pruned(recipe, teacher)[0], teacher, args.limit))  # as the recipe's run prunes
         rows.append(row)
         print(json.dumps(row))
     for name, units in UNIT_SETS.items() if not recipes else ():

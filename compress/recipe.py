@@ -329,8 +329,8 @@ class Recipe(Strict):
         if self.data.real_rain_fraction > 0 and self.distill is None:
             raise ValueError("data.real_rain_fraction > 0 needs distill (real rain has no ground truth)")
         trained = {os.path.realpath(f) for f in self.data.real_rain} if self.data.real_rain_fraction > 0 else set()
+        split = (self.data.real_rain_split, self.eval.real_split)
         for name, folder in self.eval.real.items():
-            split = (self.data.real_rain_split, self.eval.real_split)
             if os.path.realpath(folder) in trained and split != ("train", "test"):
                 raise ValueError(
                     f"eval.real.{name} scores {folder}, the photos data.real_rain trains on: set "

@@ -53,16 +53,21 @@ def calibration(recipe: Recipe, count: int, batch: int) -> list[tuple[torch.Tens
     return [tuple(torch.stack([item[key] for item in group]) for key in ("rainy", "clean")) for group in items]
 
 
+def pruned(recipe: Recipe, teacher: DRSformer):
+    """(student, report): ``teacher`` pruned as ``recipe.prune`` says (Taylor: on a few of its training batches)."""
+    p = recipe.prune
+    batches = calibration(recipe, p.calibration_batches, p.calibration_batch_size) if p.criterion == "taylor" else []
+    return prune(teacher, p, batches)
+
+
 def student_of(recipe: Recipe, teacher: DRSformer | None, console: Console):
     """(student, prune report or None): pruned from the teacher, or random init of the pruned config."""
     if teacher is None:
         return DRSformer(recipe.model.config()), None
     if recipe.prune is None:
         return _copy(teacher), None  # distillation into a copy of the teacher
-    p = recipe.prune
-    batches = calibration(recipe, p.calibration_batches, p.calibration_batch_size) if p.criterion == "taylor" else []
     started = time.perf_counter()
-    student, report = prune(teacher, p, batches)
+    student, report = pruned(recipe, teacher)
     console.print(report.table())
     console.print(f"pruned in {time.perf_counter() - started:.1f} s")
     if recipe.student_init == "random":
