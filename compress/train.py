@@ -478,10 +478,28 @@ def write_summary(summary: TrainSummary, path: Path) -> None:
     write_json(path, asdict(summary))
 
 
+def finished_summary(run_dir: Path, steps: int) -> TrainSummary | None:
+    """The saved summary of a run that has trained all ``steps`` and exported ``final/``, else None."""
+    run_dir = Path(run_dir)
+    state, summary = latest_state(run_dir), run_dir / "summary.json"
+    if state is None or not (run_dir / FINAL).is_dir() or not summary.is_file():
+        return None
+    if json.loads((state / "progress.json").read_text())["step"] < steps:
+        return None
+    saved = json.loads(summary.read_text())
+    return TrainSummary(**saved) if saved.get("steps") == steps else None
+
+
 def fit_recipe(model: nn.Module, recipe, accelerator: Accelerator, *, loss_fn=l1_loss, resume: bool = False,
                show: bool = True) -> TrainSummary:  # fmt: skip
     """``fit()`` with everything a recipe sets (data, rain, validation, seed, run directory); the main
-    process writes ``<run dir>/summary.json``. The caller has claimed the run directory (``claim_run_dir``)."""
+    process writes ``<run dir>/summary.json``. The caller has claimed the run directory (``claim_run_dir``).
+    Resuming a run that has finished (its state at the last step, ``final/`` and ``summary.json`` written)
+    trains nothing and returns the saved summary: a study script may resume every run it needs."""
+    done = finished_summary(recipe.run_dir, recipe.train.steps) if resume else None
+    if done is not None:
+        accelerator.print(f"{recipe.run_dir} finished its {done.steps} steps; nothing to resume")
+        return done
     summary = fit(
         model,
         loss_fn,

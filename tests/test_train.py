@@ -115,6 +115,12 @@ def test_fit_trains_and_exports_a_plain_drsformer(tmp_path):
     progress = json.loads((run / "state" / "progress.json").read_text())
     assert progress["step"] == 3 and progress["recipe"]["train"]["steps"] == 3
     assert not list(run.glob("*.tmp"))
+    # resuming the finished run trains, validates and rewrites nothing (a study script resumes every run)
+    stamps = {f: f.stat().st_mtime_ns for f in run.rglob("*") if f.is_file() and f.name != ".lock"}
+    out = finish(run_teacher(tiny_recipe(tmp_path, steps=3), "--resume", "--set", "train.eval_every=2",
+                             "--set", "train.log_every=5"))  # fmt: skip
+    assert "finished its 3 steps; nothing to resume" in out and json.loads(out[out.index("{"):])["steps"] == 3
+    assert {f: f.stat().st_mtime_ns for f in stamps} == stamps
 
 
 def test_resume_after_sigkill_is_bit_identical(tmp_path):
