@@ -396,6 +396,9 @@ def training_patches(cfg, seed: int) -> tuple[torch.utils.data.Dataset, Patches 
     real = None
     if cfg.real_rain:
         files = split_files(image_files(cfg.real_rain), cfg.real_rain_split)
+        if not files:
+            raise DataError(f"data.real_rain: no photo of {', '.join(map(str, cfg.real_rain))} falls in the "
+                            f"{cfg.real_rain_split} half (compress.data.split_files); add photos")  # fmt: skip
         real = Patches(load_images(files), cfg.patch_size, seed + 1, role="rainy")
     return training_pairs(cfg, seed), real
 

@@ -135,6 +135,18 @@ def score_paired(
     return _summary(rows, ("psnr_y_db", "ssim_y"), seconds)
 
 
+def real_files(folder: str | Path, split: str = "all") -> list[Path]:
+    """The photos of a real-rain folder that a record scores (all, or the held-out ``"test"`` half); an error
+    naming the folder when there are none, so that a run can check it before any work."""
+    files = image_files([folder])
+    chosen = split_files(files, split)
+    if not chosen:
+        raise DataError(f"{folder}: none of its {len(files)} photos falls in the held-out {split} half "
+                        "(compress.data.split_files keeps about half of a folder); add photos, or score every "
+                        "photo (eval.real_split: all) if no student trains on this folder")  # fmt: skip
+    return chosen
+
+
 def score_unpaired(
     model: nn.Module,
     folder: str | Path,
@@ -149,10 +161,8 @@ def score_unpaired(
     """Mean NIQE/BRISQUE of the derained photos of ``folder`` (no ground truth), images/s, per image; sharded
     over an ``accelerator``'s processes as ``score_paired``. ``split``: the folder's photos, or its held-out
     ``"test"`` half (``compress.data.split_files``)."""
-    files = split_files(image_files([folder]), split)[:limit]
+    files = real_files(folder, split)[:limit]
     scorer = scorer or NoReference()
-    if not files:
-        raise DataError(f"{folder}: no images to score")
     mine = _shard(len(files), accelerator)
     device = _device(model, accelerator)
     task = progress.add_task(label, total=len(mine)) if progress else None
@@ -196,7 +206,7 @@ def evaluate(
     datasets = {name: root if isinstance(root, torch.utils.data.Dataset) else PairedImages(root)
                 for name, root in paired.items()}  # fmt: skip  (layout errors before any work)
     for folder in real.values():
-        image_files([folder])  # and a bad real-rain folder too, not after the paired sets were scored
+        real_files(folder, real_split)  # and a bad real-rain folder too, not after the paired sets were scored
     if limit is not None and limit < 1:
         raise DataError(f"limit must be a positive number of images, got {limit}")
     results = {}

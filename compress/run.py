@@ -22,7 +22,7 @@ from rich.console import Console
 from compress.console import UserError, cli
 from compress.data import PairedImages, SyntheticPairs, check_data, check_writable_folder, image_files, training_patches
 from compress.distill import Distiller, add_lora
-from compress.evaluate import evaluate, load_model
+from compress.evaluate import evaluate, load_model, real_files
 from compress.measure import count_macs, count_params, latency_ms
 from compress.plots import regenerate
 from compress.prune import prune
@@ -126,7 +126,8 @@ def check_inputs(recipe: Recipe, results: Path | None) -> None:
     check_data(recipe.data)
     for root in recipe.eval.paired.values():
         PairedImages(root)  # layout and pairing errors name the folder and files
-    image_files(list(recipe.eval.real.values())) if recipe.eval.real else None
+    for folder in recipe.eval.real.values():
+        real_files(folder, recipe.eval.real_split)
     for s in recipe.eval.synthetic.values():
         image_files(s.backgrounds)
     if recipe.teacher is not None and recipe.teacher.path is not None:

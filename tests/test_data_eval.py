@@ -144,7 +144,7 @@ def test_evaluate_cli_writes_a_record_and_loads_saved_models(tiny_model, tmp_pat
         ev.main(["score", "identity", "--paired", f"x={tmp_path / 'missing'}"])
 
 
-def test_real_rain_split_holds_out_half_a_folder_by_name(tmp_path):
+def test_real_rain_split_holds_out_half_a_folder_by_name(tmp_path, monkeypatch):
     """Real photos without ground truth: a student trained on a folder's ``train`` half is scored on its
     ``test`` half, and a recipe that would train on the photos it scores is refused before any work."""
     from compress.data import split_files
@@ -179,6 +179,23 @@ def test_real_rain_split_holds_out_half_a_folder_by_name(tmp_path):
     _, patches = training_patches(split.data, seed=0)  # the student's real-rain patches: the train half only
     assert len(patches.images) == len(split_files(sorted(real.iterdir()), "train"))
     assert load_recipe(recipe, ["data.real_rain_fraction=0.0"]).eval.real_split == "all"  # not trained on: fine
+    # a folder with no photo in its test half is refused before any work: by score, and by run.py before training
+    train_only = tmp_path / "train_only"
+    train_only.mkdir()
+    for path in split_files(sorted(real.iterdir()), "train"):
+        path.rename(train_only / path.name)
+    monkeypatch.setattr(ev, "score_paired", lambda *a, **k: pytest.fail("scored a paired set before the check"))
+    empty_half = r"train_only: none of its \d photos falls in the held-out test half.*eval.real_split: all"
+    with pytest.raises(DataError, match=empty_half):
+        ev.main(["score", "identity", "--paired", f"l={DATA / 'rain100L'}", "--real", f"r={train_only}",
+                 "--real-split", "test"])  # fmt: skip
+    from compress.run import check_inputs
+
+    with pytest.raises(DataError, match=empty_half):
+        check_inputs(load_recipe(recipe, ["data.real_rain_split=train", "eval.real_split=test",
+                                          f"eval.real.r={train_only}"]), None)  # fmt: skip
+    with pytest.raises(DataError, match=r"data.real_rain: no photo of .*real falls in the train half"):
+        training_patches(split.data, seed=0)  # `real` keeps only its test half now
 
 
 def test_libsvm_parsing_fills_omitted_features():
