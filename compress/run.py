@@ -134,6 +134,14 @@ def check_inputs(recipe: Recipe, results: Path | None) -> None:
         path = Path(recipe.teacher.path)
         if not path.exists():
             raise UserError(f"teacher.path: {path} does not exist; give a save_pretrained folder or an official .pth")
+    if recipe.teacher is not None and recipe.teacher.recipe is not None:
+        teacher = load_recipe(recipe.teacher.recipe)
+        final = teacher.run_dir / FINAL
+        if teacher.teacher is not None and not (final / "model.safetensors").is_file():
+            # a student or a continued teacher: train_teacher (which trains a missing teacher) cannot make it
+            raise UserError(f"teacher.recipe: {recipe.teacher.recipe} has not been run ({final} not found) and "
+                            f"learns from a teacher itself; run it first: python compress/run.py "
+                            f"{recipe.teacher.recipe}")  # fmt: skip
     if results is not None:
         check_writable_folder(results, "--results")
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from compress import run
+from compress.console import UserError
 from compress.distill import Distiller, FeatureTaps, add_lora, attention_kd, merge_lora
 from compress.measure import count_macs
 from compress.plots import regenerate
@@ -304,6 +305,17 @@ def test_a_missing_teacher_is_trained_from_its_recipe_first(tmp_path):
     assert json.loads((tmp_path / "runs" / "teacher_small" / "summary.json").read_text())["steps"] == 2
     record = json.loads((tmp_path / "results" / "scratch" / "prune50_distill.json").read_text())
     assert record["status"] == "ok" and record["gmacs_256"] <= 0.5 * count_macs(teacher.config) / 1e9 + 1e-9
+
+
+def test_a_missing_teacher_that_learns_from_a_teacher_is_refused_before_any_work(tmp_path):
+    # a continued teacher (e.g. the plateau run) is made by run.py, not by train_teacher from scratch
+    link = tmp_path / "study_teacher_plateau.yaml"
+    link.write_text((ROOT / "recipes" / link.name).read_text() + f'out_dir: "{tmp_path / "links"}"\n')
+    overrides = TINY_SCALE + [f"out_dir={tmp_path / 'runs'}", f"teacher.recipe={link}"]
+    args = [str(ROOT / "recipes" / "prune50_distill.yaml"), "--results", str(tmp_path / "results")]
+    with pytest.raises(UserError, match=r"study_teacher_plateau.yaml has not been run .*run it first: python "):
+        run.main(args + sum([["--set", o] for o in overrides], []))
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "results").exists()
 
 
 def test_summary_gives_paired_bootstrap_intervals_and_published_figures(tmp_path):
