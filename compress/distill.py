@@ -155,7 +155,15 @@ class Distiller:
                     for path, (t, h, c) in kept.items()}  # fmt: skip
             self.attention = (AttentionTaps(student), AttentionTaps(self.teacher), kept)
 
-    learns_unlabelled = True  # real rain without ground truth is learned from the teacher's output
+    @property
+    def uses_teacher(self) -> bool:
+        """Whether any loss term needs the teacher's forward pass (output, features or attention)."""
+        return self.cfg.output_weight > 0 or self.cfg.feature_weight > 0 or self.attention is not None
+
+    @property
+    def learns_unlabelled(self) -> bool:
+        """Real rain without ground truth is learned from the teacher's signal (none for ground truth only)."""
+        return self.uses_teacher
 
     def trainable_module(self) -> nn.Module:
         """The distiller's own trainable tensors (the 1x1 adapters), trained and all-reduced with the student."""
@@ -166,12 +174,14 @@ class Distiller:
 
     def __call__(self, rainy: torch.Tensor, derained: torch.Tensor, clean: torch.Tensor) -> dict[str, torch.Tensor]:
         cfg = self.cfg
-        with torch.no_grad():
-            target = self.teacher(rainy).float()
         derained = derained.float()
         terms = {}
         if cfg.gt_weight > 0:
             terms["gt_l1"] = cfg.gt_weight * F.l1_loss(derained[: len(clean)], clean)
+        if not self.uses_teacher:  # ground truth only (a fine-tuned student, a teacher trained on): no forward
+            return terms
+        with torch.no_grad():
+            target = self.teacher(rainy).float()
         if cfg.output_weight > 0:
             terms["output_kd"] = cfg.output_weight * F.l1_loss(derained, target)
         if cfg.feature_weight > 0:

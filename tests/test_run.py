@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from compress import run
 from compress.console import UserError
@@ -145,6 +146,20 @@ def test_width_pruned_taps_compare_the_kept_channels(teacher_dir):
     assert weight.argmax(0).tolist() == report.kept_channels["latent"]
     with pytest.raises(ValueError, match="no record of which teacher channels"):
         Distiller(teacher, student, same)
+
+
+def test_ground_truth_only_training_never_runs_the_teacher(teacher_dir):
+    teacher = DRSformer.from_pretrained(teacher_dir)
+    student = DRSformer.from_pretrained(teacher_dir)
+    rainy, clean = torch.rand(3, 3, 32, 32), torch.rand(2, 3, 32, 32)
+    gt_only = Distiller(teacher, student, DistillConfig(gt_weight=1.0, output_weight=0.0))
+    gt_only.teacher = lambda x: pytest.fail("the teacher ran for a ground-truth-only loss")
+    derained = student(rainy)
+    terms = gt_only(rainy, derained, clean)
+    assert terms.keys() == {"gt_l1"} and torch.equal(terms["gt_l1"], F.l1_loss(derained[:2], clean))
+    assert not gt_only.learns_unlabelled  # no real-rain patch would have a loss
+    output = Distiller(teacher, student, DistillConfig(gt_weight=1.0, output_weight=0.5))
+    assert output.learns_unlabelled and set(output(rainy, derained, clean)) == {"gt_l1", "output_kd"}
 
 
 def test_attention_distillation_compares_the_kept_heads_and_channels(teacher_dir):
