@@ -35,6 +35,7 @@ from compress.metrics import psnr_y, ssim_y
 from drsformer.io import write_json
 
 STATE, BEST, FINAL = "state", "best", "final"  # sub-folders of a run directory
+SUMMARY = "summary.json"  # the finished run's TrainSummary
 CURVE = "curve.json"  # every validation of the run: [{"step", "seconds", "loss", "val": {set: {psnr_y_db, ssim_y}}}]
 
 
@@ -167,10 +168,10 @@ def claim_run_dir(run_dir: Path, recipe, *, resume: bool, overwrite: bool, main_
         if main_process:
             for name in (STATE, STATE + ".old", STATE + ".tmp", BEST, FINAL):
                 shutil.rmtree(run_dir / name, ignore_errors=True)
-            for name in (CURVE, "summary.json"):
+            for name in (CURVE, SUMMARY):
                 (run_dir / name).unlink(missing_ok=True)
         return
-    progress = json.loads((state / "progress.json").read_text()) if state else {}
+    progress = read_progress(state) if state else {}
     where = ("finished" if final.exists() else "stopped") + (f" at step {progress['step']}" if progress else "")
     if not resume:
         raise RunDirError(f"{run_dir} already holds a run of this recipe ({where}); continue it with --resume or "
@@ -261,6 +262,11 @@ def load_state(accelerator: Accelerator, run_dir: Path) -> dict | None:
     if state is None:
         return None
     accelerator.load_state(str(state))
+    return read_progress(state)
+
+
+def read_progress(state: Path) -> dict:
+    """A saved state's ``progress.json``: its step, best validation, seconds so far and recipe."""
     return json.loads((state / "progress.json").read_text())
 
 
@@ -481,10 +487,10 @@ def write_summary(summary: TrainSummary, path: Path) -> None:
 def finished_summary(run_dir: Path, steps: int) -> TrainSummary | None:
     """The saved summary of a run that has trained all ``steps`` and exported ``final/``, else None."""
     run_dir = Path(run_dir)
-    state, summary = latest_state(run_dir), run_dir / "summary.json"
+    state, summary = latest_state(run_dir), run_dir / SUMMARY
     if state is None or not (run_dir / FINAL).is_dir() or not summary.is_file():
         return None
-    if json.loads((state / "progress.json").read_text())["step"] < steps:
+    if read_progress(state)["step"] < steps:
         return None
     saved = json.loads(summary.read_text())
     return TrainSummary(**saved) if saved.get("steps") == steps else None
@@ -515,5 +521,5 @@ def fit_recipe(model: nn.Module, recipe, accelerator: Accelerator, *, loss_fn=l1
         show=show,
     )
     if accelerator.is_main_process:
-        write_summary(summary, recipe.run_dir / "summary.json")
+        write_summary(summary, recipe.run_dir / SUMMARY)
     return summary
