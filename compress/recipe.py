@@ -366,13 +366,12 @@ def _set(tree: dict, dotted: str, value) -> None:
     tree[keys[-1]] = value
 
 
-def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
-    """Read, override (``key.sub=value``, value parsed as YAML) and validate a recipe; ``name`` defaults to the stem."""
-    path = Path(path)
+def _read_tree(path: Path, chain: tuple[Path, ...] = ()) -> dict:
+    """One recipe file's mapping with its ``base`` (a recipe it extends, relative to its own folder) merged under it."""
     try:
         tree = yaml.safe_load(path.read_text())
     except FileNotFoundError as err:
-        raise RecipeError(f"{path}: recipe file not found") from err
+        raise RecipeError(f"{path}: recipe file not found" + (f" (the base of {chain[-1]})" if chain else "")) from err
     except IsADirectoryError as err:
         raise RecipeError(f"{path}: is a folder; give a recipe .yaml file") from err
     except yaml.YAMLError as err:
@@ -382,6 +381,38 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
                           "official 300,000 steps. Copy one from recipes/ and edit it")  # fmt: skip
     if not isinstance(tree, dict):
         raise RecipeError(f"{path}: expected a mapping at the top level, got {type(tree).__name__}")
+    base = tree.pop("base", None)
+    if base is None:
+        return tree
+    if not isinstance(base, str) or not base:
+        raise RecipeError(f"{path}: base: expected the file name of the recipe this one extends, got {_short(base)}")
+    parent = path.parent / base
+    if any(parent.resolve() == seen.resolve() for seen in (*chain, path)):
+        cycle = " -> ".join(str(p) for p in (*chain, path, parent))
+        raise RecipeError(f"{path}: base: {base} extends itself ({cycle}); remove one base")
+    merged = _read_tree(parent, (*chain, path))
+    merged.pop("name", None)  # a recipe's name is its own (its file's stem unless it says otherwise)
+    return _merge(merged, tree)
+
+
+def _merge(base: dict, tree: dict) -> dict:
+    """``tree`` over ``base``: sections merge key by key, anything else (lists too) replaces the base's value."""
+    out = dict(base)
+    for key, value in tree.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
+    """Read, override (``key.sub=value``, value parsed as YAML) and validate a recipe; ``name`` defaults to the stem.
+
+    ``base: other.yaml`` (relative to the recipe's folder) makes a recipe the other one with its own keys on top:
+    sections merge key by key, lists and values replace, ``name`` is never inherited."""
+    path = Path(path)
+    tree = _read_tree(path)
     tree.setdefault("name", path.stem)
     for item in overrides:
         key, sep, text = item.partition("=")

@@ -146,6 +146,23 @@ def test_recipe_refusals(tmp_path, text, overrides, message):
         load_recipe(tmp_path / "r.yaml", overrides)
 
 
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        ({"r.yaml": "base: gone.yaml\n"}, r"gone.yaml: recipe file not found \(the base of .*r.yaml\)"),
+        ({"r.yaml": "base: b.yaml\n", "b.yaml": "base: r.yaml\n"}, r"b.yaml: base: r.yaml extends itself"),
+        ({"r.yaml": "base: [b.yaml]\n"}, r"r.yaml: base: expected the file name of the recipe"),
+        ({"r.yaml": "base: b.yaml\n", "b.yaml": "- 1\n"}, r"b.yaml: expected a mapping at the top level"),
+    ],
+    ids=["missing", "cycle", "not_a_name", "base_not_a_mapping"],
+)
+def test_recipe_base_refusals(tmp_path, files, message):
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    with pytest.raises(RecipeError, match=message):
+        load_recipe(tmp_path / "r.yaml")
+
+
 def test_score_refusals_name_the_file(tmp_path, model_dir):
     good = paired_set(tmp_path / "good")
     with pytest.raises(SystemExit):  # argparse: --limit must be positive

@@ -40,6 +40,38 @@ def test_every_recipe_validates(recipe):
                                                                        and loaded.lora is None)  # fmt: skip
 
 
+def test_a_recipe_extends_its_base_section_by_section(tmp_path):
+    """``base``: sections merge key by key (nested too), lists and values replace, the name is the file's own, a
+    base may have a base (relative to its own folder), and ``--set`` applies on top of the merged recipe."""
+    (tmp_path / "common").mkdir()
+    (tmp_path / "common" / "root.yaml").write_text("seed: 7\ntrain: {steps: 30, lr: 1.0e-3}\n")
+    (tmp_path / "common" / "mid.yaml").write_text(
+        "base: root.yaml\nname: mid_run\ndata: {backgrounds: [a, b], patch_size: 32}\ntrain: {batch_size: 2}\n"
+        "eval: {paired: {x: px, y: py}}\n")  # fmt: skip
+    (tmp_path / "r.yaml").write_text(
+        "base: common/mid.yaml\ndata: {backgrounds: [c]}\ntrain: {steps: 40}\neval: {paired: {y: py2}}\n")
+    got = load_recipe(tmp_path / "r.yaml", ["train.lr=2.0e-4"])
+    assert got.name == "r" and got.seed == 7
+    assert (got.train.steps, got.train.batch_size, got.train.lr) == (40, 2, 2.0e-4)
+    assert list(got.data.backgrounds) == ["c"] and got.data.patch_size == 32
+    assert dict(got.eval.paired) == {"x": "px", "y": "py2"}
+    assert load_recipe(tmp_path / "common" / "mid.yaml").name == "mid_run"
+
+
+def test_study_recipes_share_one_base():
+    """Every study recipe takes its seed, data, schedule and evaluation from recipes/base/study.yaml, so that a
+    change there reaches all of them; the second plateau link is the first with a longer schedule."""
+    base = ROOT / "recipes" / "base" / "study.yaml"
+    study = [p for p in ALL_RECIPES if p.stem.startswith("study_")]
+    assert study and all("base:" in p.read_text() for p in study)
+    first, second = (load_recipe(ROOT / "recipes" / f"{n}.yaml") for n in ("study_teacher_plateau",
+                                                                           "study_teacher_plateau2"))
+    assert second.teacher.recipe == "recipes/study_teacher_plateau.yaml" and second.train.steps == 6000
+    assert second.data == first.data and second.eval == first.eval and second.distill == first.distill
+    assert second.train.model_copy(update={"steps": 4000, "lr_hold_steps": 1000}) == first.train
+    assert "val_sets" not in base.read_text() and dict(first.data.val_sets)  # the plateau runs validate on more
+
+
 STUDY_PRUNED = [p for p in ALL_RECIPES if p.stem.startswith("study_") and load_recipe(p).prune is not None]
 
 
@@ -325,7 +357,7 @@ def test_a_missing_teacher_is_trained_from_its_recipe_first(tmp_path):
 def test_a_missing_teacher_that_learns_from_a_teacher_is_refused_before_any_work(tmp_path):
     # a continued teacher (e.g. the plateau run) is made by run.py, not by train_teacher from scratch
     link = tmp_path / "study_teacher_plateau.yaml"
-    link.write_text((ROOT / "recipes" / link.name).read_text() + f'out_dir: "{tmp_path / "links"}"\n')
+    link.write_text(f'base: "{ROOT / "recipes" / link.name}"\nout_dir: "{tmp_path / "links"}"\n')  # an absolute base
     overrides = TINY_SCALE + [f"out_dir={tmp_path / 'runs'}", f"teacher.recipe={link}"]
     args = [str(ROOT / "recipes" / "prune50_distill.yaml"), "--results", str(tmp_path / "results")]
     with pytest.raises(UserError, match=r"study_teacher_plateau.yaml has not been run .*run it first: python "):
