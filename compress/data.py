@@ -189,6 +189,19 @@ def split_files(files: list[Path], split: str) -> list[Path]:
     return [f for f, test in zip(files, held_out) if test == (split == "test")]
 
 
+def real_photos(folders: list[str | Path], split: str, split_key: str) -> list[Path]:
+    """The photos of real-rain ``folders`` in ``split`` (``split_files``), or a ``DataError`` naming the folders and
+    the key that chose the split (``split_key``, e.g. ``eval.real_split``) when none falls in it."""
+    files = image_files(folders)
+    chosen = split_files(files, split)
+    if not chosen:
+        where = ", ".join(map(str, folders))
+        raise DataError(f"{where}: none of its {len(files)} photos falls in the {split} half that {split_key} "
+                        f"{split} selects (compress.data.split_files keeps about half of a folder, by file name); "
+                        f"add photos, or choose all for {split_key}")  # fmt: skip
+    return chosen
+
+
 def to_uint8(img: torch.Tensor) -> torch.Tensor:
     """(3, H, W) float in [0, 1] -> uint8 (a quarter of the memory for images cached in RAM)."""
     return (img * 255).round().clamp(0, 255).to(torch.uint8)
@@ -395,10 +408,7 @@ def training_patches(cfg, seed: int) -> tuple[torch.utils.data.Dataset, Patches 
 
     real = None
     if cfg.real_rain:
-        files = split_files(image_files(cfg.real_rain), cfg.real_rain_split)
-        if not files:
-            raise DataError(f"data.real_rain: no photo of {', '.join(map(str, cfg.real_rain))} falls in the "
-                            f"{cfg.real_rain_split} half (compress.data.split_files); add photos")  # fmt: skip
+        files = real_photos(cfg.real_rain, cfg.real_rain_split, "data.real_rain_split")
         real = Patches(load_images(files), cfg.patch_size, seed + 1, role="rainy")
     return training_pairs(cfg, seed), real
 
@@ -414,6 +424,8 @@ def check_data(cfg) -> None:
     synthetic = [f for s in cfg.training_sources() if s.kind == "synthetic" for f in s.backgrounds]
     folders = [f for f in synthetic + cfg.val_backgrounds if f != "builtin"] + list(cfg.real_rain)
     image_files(folders) if folders else None
+    if cfg.real_rain:
+        real_photos(cfg.real_rain, cfg.real_rain_split, "data.real_rain_split")  # the half it trains on
     for root in list(cfg.val_sets.values()) + list(cfg.leak_check):
         PairedImages(root)
 

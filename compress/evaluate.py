@@ -23,7 +23,15 @@ import torch
 from torch import nn
 
 from compress.console import cli, progress_bar
-from compress.data import DataError, PairedImages, check_writable_folder, image_files, read_image, split_files, to_uint8
+from compress.data import (
+    DataError,
+    PairedImages,
+    check_writable_folder,
+    image_files,
+    read_image,
+    real_photos,
+    to_uint8,
+)
 from compress.measure import model_device
 from compress.metrics import NoReference, psnr_y, ssim_y
 from drsformer import PRESETS, DRSformer, DRSformerConfig
@@ -135,16 +143,10 @@ def score_paired(
     return _summary(rows, ("psnr_y_db", "ssim_y"), seconds)
 
 
-def real_files(folder: str | Path, split: str = "all") -> list[Path]:
+def real_files(folder: str | Path, split: str = "all", split_key: str = "eval.real_split") -> list[Path]:
     """The photos of a real-rain folder that a record scores (all, or the held-out ``"test"`` half); an error
     naming the folder when there are none, so that a run can check it before any work."""
-    files = image_files([folder])
-    chosen = split_files(files, split)
-    if not chosen:
-        raise DataError(f"{folder}: none of its {len(files)} photos falls in the held-out {split} half "
-                        "(compress.data.split_files keeps about half of a folder); add photos, or score every "
-                        "photo (eval.real_split: all) if no student trains on this folder")  # fmt: skip
-    return chosen
+    return real_photos([folder], split, split_key)
 
 
 def score_unpaired(
@@ -189,12 +191,13 @@ def evaluate(
     show: bool = True,
     accelerator=None,
     real_split: str = "all",
+    split_key: str = "eval.real_split",
 ) -> dict[str, dict]:
     """Score ``model`` on named paired sets and real-rain folders; ``{set: {metric: value, per_image: [...]}}``.
 
     With an ``accelerator`` the model runs on its device and the images are shared out over its processes
     (every process returns the same result). ``real_split``: every real photo, or each folder's held-out
-    ``"test"`` half."""
+    ``"test"`` half; ``split_key`` is what chose it, for the error when a folder has no photo in it."""
     from rich.console import Console
 
     model = model.eval()
@@ -206,7 +209,7 @@ def evaluate(
     datasets = {name: root if isinstance(root, torch.utils.data.Dataset) else PairedImages(root)
                 for name, root in paired.items()}  # fmt: skip  (layout errors before any work)
     for folder in real.values():
-        real_files(folder, real_split)  # and a bad real-rain folder too, not after the paired sets were scored
+        real_files(folder, real_split, split_key)  # a bad real-rain folder too, not after the paired sets
     if limit is not None and limit < 1:
         raise DataError(f"limit must be a positive number of images, got {limit}")
     results = {}
@@ -334,7 +337,7 @@ def main(argv=None) -> None:
     if not args.paired and not args.real:
         parser.error("score needs --paired and/or --real sets")
     results = evaluate(model, _named(args.paired, "--paired"), _named(args.real, "--real"), args.tile, args.limit,
-                       real_split=args.real_split)  # fmt: skip
+                       real_split=args.real_split, split_key="--real-split")  # fmt: skip
     if args.out:
         import resource
         import sys

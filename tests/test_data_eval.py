@@ -185,17 +185,22 @@ def test_real_rain_split_holds_out_half_a_folder_by_name(tmp_path, monkeypatch):
     for path in split_files(sorted(real.iterdir()), "train"):
         path.rename(train_only / path.name)
     monkeypatch.setattr(ev, "score_paired", lambda *a, **k: pytest.fail("scored a paired set before the check"))
-    empty_half = r"train_only: none of its \d photos falls in the held-out test half.*eval.real_split: all"
-    with pytest.raises(DataError, match=empty_half):
+    empty_half = r"train_only: none of its \d photos falls in the test half that {} test selects.*choose all for {}"
+    with pytest.raises(DataError, match=empty_half.format("--real-split", "--real-split")):
         ev.main(["score", "identity", "--paired", f"l={DATA / 'rain100L'}", "--real", f"r={train_only}",
                  "--real-split", "test"])  # fmt: skip
     from compress.run import check_inputs
 
-    with pytest.raises(DataError, match=empty_half):
+    with pytest.raises(DataError, match=empty_half.format("eval.real_split", "eval.real_split")):
         check_inputs(load_recipe(recipe, ["data.real_rain_split=train", "eval.real_split=test",
-                                          f"eval.real.r={train_only}"]), None)  # fmt: skip
-    with pytest.raises(DataError, match=r"data.real_rain: no photo of .*real falls in the train half"):
-        training_patches(split.data, seed=0)  # `real` keeps only its test half now
+                                          f"data.real_rain=[{train_only}]", f"eval.real.r={train_only}"]),
+                     None)  # fmt: skip
+    # and a folder with no photo in the half a student trains on, before any work too (`real` keeps its test half)
+    no_train = r"real: none of its \d photos falls in the train half that data.real_rain_split train selects"
+    with pytest.raises(DataError, match=no_train):
+        check_inputs(split, None)
+    with pytest.raises(DataError, match=no_train):
+        training_patches(split.data, seed=0)
 
 
 def test_libsvm_parsing_fills_omitted_features():
