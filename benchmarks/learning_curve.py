@@ -13,6 +13,15 @@ cycle's high learning rate says nothing about more training).
 
     python -m benchmarks.learning_curve runs/teacher_study [--out results/teacher_study]
     python -m benchmarks.learning_curve runs/teacher_study --continued runs/study_teacher_plateau --out ...
+
+The validation crops are few (8 Rain100L/H crops swing by 1-3 dB between validations), so with ``--records``
+(``results/runs``) the verdict at each restart comes from the runs' records instead: a link's record against the
+previous link's over every test image of every set they share (all 100 + 100 Rain100L/H and the held-out
+synthetic sets), the mean gain with its paired bootstrap 95% interval; plateau when the mean gain is under the
+tolerance on every set. The crop checks stay in ``plateau.json`` (``validation_plateau_at``) beside it.
+
+    python -m benchmarks.learning_curve runs/teacher_study --continued runs/study_teacher_plateau \
+        --records results/runs --out results/teacher_study
 """
 
 from __future__ import annotations
@@ -45,6 +54,42 @@ def plateau(points: list[dict], tolerance: float = 0.1, restarts: tuple[int, ...
             "plateau_at": first["from"] if first else None}  # fmt: skip
 
 
+class RecordError(SystemExit):
+    """A link without a usable record; the message names the file and the command that makes it."""
+
+
+def record_gains(before: dict, after: dict, tolerance: float = 0.1) -> dict:
+    """``after``'s PSNR gain over ``before`` on every set both scored with PSNR, image by image: the mean gain, its
+    paired bootstrap 95% interval and the image count per set; ``plateau`` when every mean gain is under
+    ``tolerance``. Both must have scored the same images of a set (a record of the first images cannot decide)."""
+    from compress.results import paired_bootstrap
+
+    sets = {}
+    for name, old in before["sets"].items():
+        new = after["sets"].get(name)
+        if new is None or "psnr_y_db" not in old or "psnr_y_db" not in new:
+            continue
+        a = {r["name"]: r["psnr_y_db"] for r in old["per_image"]}
+        b = {r["name"]: r["psnr_y_db"] for r in new["per_image"]}
+        if a.keys() != b.keys():
+            raise RecordError(f"{after['stem']} and {before['stem']} scored different images of {name} "
+                              f"({len(b)} and {len(a)}): score every image in both (no eval.limit)")  # fmt: skip
+        names = sorted(a)
+        mean, lo, hi = paired_bootstrap([b[n] for n in names], [a[n] for n in names])
+        sets[name] = {"images": len(names), "gain_db": mean, "ci95_db": [lo, hi]}
+    if not sets:
+        raise RecordError(f"{after['stem']} and {before['stem']} share no set scored with PSNR")
+    return {"sets": sets, "plateau": max(v["gain_db"] for v in sets.values()) < tolerance}
+
+
+def read_record(records: Path, run: str) -> dict:
+    path = records / f"{run}.json"
+    if not path.is_file():
+        raise RecordError(f"{path}: no record of run {run}; make it first (python compress/run.py "
+                          f"recipes/{run}.yaml --resume scores every test image), or leave out --records")  # fmt: skip
+    return json.loads(path.read_text())
+
+
 def continued(points: list[dict], more: list[dict]) -> list[dict]:
     """``points`` followed by ``more`` (a run trained on from the last of them), its steps shifted to follow."""
     end = points[-1]["step"]
@@ -58,7 +103,11 @@ def main(argv=None) -> None:
     parser.add_argument("--tolerance", type=float, default=0.1)
     parser.add_argument("--continued", type=Path, action="append", default=[],
                         help="a run that trained the previous run's final model on (repeat for a chain)")  # fmt: skip
+    parser.add_argument("--records", type=Path,
+                        help="the runs' records (results/runs): decide each restart over every test image")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.records is not None and not args.continued:
+        parser.error("--records compares a run with its continuation: give --continued too")
     import matplotlib
 
     matplotlib.use("Agg")
@@ -76,6 +125,15 @@ def main(argv=None) -> None:
     at = verdict["plateau_at"]
     verdict["plateau_run"] = None if at is None else (runs[restarts.index(at)] if restarts else args.run).name
     verdict["last_run"] = runs[-1].name
+    if args.records is not None:  # every test image decides, not the crops
+        recs = [read_record(args.records, run.name) for run in runs]
+        links = [{"from_run": a["stem"], "to_run": b["stem"], "at_step": step,
+                  **record_gains(a, b, args.tolerance)} for a, b, step in zip(recs, recs[1:], restarts)]  # fmt: skip
+        first = next((link for link in links if link["plateau"]), None)
+        verdict["validation_plateau_at"] = verdict["plateau_at"]
+        verdict["records"] = links
+        verdict["plateau_at"] = first["at_step"] if first else None
+        verdict["plateau_run"] = first["from_run"] if first else None
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for name in points[0]["val"]:
         ax.plot([p["step"] for p in points], [p["val"][name]["psnr_y_db"] for p in points], marker="o", label=name)
@@ -85,7 +143,8 @@ def main(argv=None) -> None:
                     xytext=(3, 3), textcoords="offset points")  # fmt: skip
     ax.set_xlabel("training step")
     ax.set_ylabel("PSNR (Y, dB), validation crops")
-    state = f"plateau at step {verdict['plateau_at']}" if verdict["plateau_at"] else "no plateau yet"
+    judge = " (all test images)" if args.records is not None else ""
+    state = f"plateau at step {verdict['plateau_at']}{judge}" if verdict["plateau_at"] else f"no plateau yet{judge}"
     ax.set_title(f"{args.run.name}: {len(points)} validations, last at step {points[-1]['step']}; {state}")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
@@ -95,7 +154,11 @@ def main(argv=None) -> None:
     if out != args.run:
         write_json(out / "curve.json", points)
     write_json(out / "plateau.json", verdict)
-    print(json.dumps({k: v for k, v in verdict.items() if k != "checks"}), f"-> {out}")
+    print(json.dumps({k: v for k, v in verdict.items() if k not in ("checks", "records")}), f"-> {out}")
+    for link in verdict.get("records", []):
+        gains = ", ".join(f"{k} {v['gain_db']:+.3f} [{v['ci95_db'][0]:+.3f}, {v['ci95_db'][1]:+.3f}] dB ({v['images']})"
+                          for k, v in link["sets"].items())  # fmt: skip
+        print(f"{link['to_run']} over {link['from_run']}: {gains}; plateau: {link['plateau']}")
 
 
 if __name__ == "__main__":

@@ -226,6 +226,50 @@ def test_learning_curve_chain_of_cycles_can_only_plateau_at_a_segment_end(tmp_pa
     assert [c["plateau"] for c in verdict["checks"] if c["from"] == 6000] == [True]
 
 
+def test_learning_curve_records_decide_the_plateau_over_every_test_image(tmp_path):
+    """The crops say the first plateau run still gains (+0.3 dB); its record over every image says +0.05 dB, so with
+    --records the teacher's end is the plateau, with the interval of each set's gain. A record of other images, or
+    a missing record, is refused before anything is written."""
+    from benchmarks.learning_curve import RecordError, main
+
+    def point(step, a):
+        return {"step": step, "val": {"a": {"psnr_y_db": a}}}
+
+    def record(stem, gain, names=20):
+        rows = [{"name": f"{i}.png", "psnr_y_db": 30.0 + 0.1 * i + gain * (1 + 0.5 * (-1) ** i)} for i in range(names)]
+        real = {"niqe": 4.0, "per_image": [{"name": "r.png", "niqe": 4.0}]}
+        return {"stem": stem, "sets": {"a": {"psnr_y_db": 0.0, "per_image": rows}, "real": real}}
+
+    for name, points in (("base", [point(1000, 20.0), point(2000, 21.0)]),
+                         ("more", [point(500, 20.8), point(1000, 21.3)])):  # fmt: skip
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "curve.json").write_text(json.dumps(points))
+    records = tmp_path / "records"
+    records.mkdir()
+    (records / "base.json").write_text(json.dumps(record("base", 0.0)))
+    args = [str(tmp_path / "base"), "--continued", str(tmp_path / "more"), "--records", str(records)]
+    with pytest.raises(RecordError, match=r"more.json: no record of run more; make it first"):
+        main(args + ["--out", str(tmp_path / "missing")])
+    (records / "more.json").write_text(json.dumps(record("more", 0.05, names=19)))
+    with pytest.raises(RecordError, match="more and base scored different images of a"):
+        main(args + ["--out", str(tmp_path / "partial")])
+    assert not (tmp_path / "missing").exists() and not (tmp_path / "partial").exists()
+    (records / "more.json").write_text(json.dumps(record("more", 0.05)))
+    main(args + ["--out", str(tmp_path / "out")])
+    verdict = json.loads((tmp_path / "out" / "plateau.json").read_text())
+    assert verdict["validation_plateau_at"] is None  # the crops: 2000 -> 3000 gains 0.3 dB
+    assert verdict["plateau_at"] == 2000 and verdict["plateau_run"] == "base"
+    (link,) = verdict["records"]
+    assert set(link["sets"]) == {"a"} and link["sets"]["a"]["images"] == 20  # NIQE-only sets are not compared
+    assert link["sets"]["a"]["gain_db"] == pytest.approx(0.05) and link["plateau"]
+    lo, hi = link["sets"]["a"]["ci95_db"]
+    assert 0.0 < lo < 0.05 < hi  # the gain varies over images: a real interval around it
+    (records / "more.json").write_text(json.dumps(record("more", 0.15)))
+    main(args + ["--out", str(tmp_path / "gains")])
+    verdict = json.loads((tmp_path / "gains" / "plateau.json").read_text())
+    assert verdict["plateau_run"] is None and not verdict["records"][0]["plateau"]
+
+
 def test_bf16_training_runs_on_the_cpu_and_validates_in_fp32(tmp_path):
     """``train.mixed_precision=bf16`` through accelerate on the CPU; validation ignores the autocast forward
     that ``prepare`` puts on the instance (the curve stays comparable with fp32 points and the records)."""
