@@ -194,9 +194,9 @@ def test_exif_orientation_is_applied(tmp_path):
 
 def test_user_errors_are_one_short_message_without_traceback(tmp_path):
     cmd = [sys.executable, "-m", "compress.run", str(tmp_path / "missing.yaml")]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.startswith("error: ") and "missing.yaml: recipe file not found" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) <= 3
-    proc = subprocess.run(cmd + ["--debug"], cwd=ROOT, env=env(), capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(cmd + ["--debug"], cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode != 0 and "Traceback" in proc.stderr
