@@ -143,12 +143,6 @@ def score_paired(
     return _summary(rows, ("psnr_y_db", "ssim_y"), seconds)
 
 
-def real_files(folder: str | Path, split: str = "all", split_key: str = "eval.real_split") -> list[Path]:
-    """The photos of a real-rain folder that a record scores (all, or the held-out ``"test"`` half); an error
-    naming the folder when there are none, so that a run can check it before any work."""
-    return real_photos([folder], split, split_key)
-
-
 def score_unpaired(
     model: nn.Module,
     folder: str | Path,
@@ -163,7 +157,7 @@ def score_unpaired(
     """Mean NIQE/BRISQUE of the derained photos of ``folder`` (no ground truth), images/s, per image; sharded
     over an ``accelerator``'s processes as ``score_paired``. ``split``: the folder's photos, or its held-out
     ``"test"`` half (``compress.data.split_files``)."""
-    files = real_files(folder, split)[:limit]
+    files = real_photos([folder], split, "split")[:limit]
     scorer = scorer or NoReference()
     mine = _shard(len(files), accelerator)
     device = _device(model, accelerator)
@@ -209,7 +203,7 @@ def evaluate(
     datasets = {name: root if isinstance(root, torch.utils.data.Dataset) else PairedImages(root)
                 for name, root in paired.items()}  # fmt: skip  (layout errors before any work)
     for folder in real.values():
-        real_files(folder, real_split, split_key)  # a bad real-rain folder too, not after the paired sets
+        real_photos([folder], real_split, split_key)  # a bad real-rain folder too, not after the paired sets
     if limit is not None and limit < 1:
         raise DataError(f"limit must be a positive number of images, got {limit}")
     results = {}

@@ -20,9 +20,17 @@ from accelerate.utils import set_seed
 from rich.console import Console
 
 from compress.console import UserError, cli
-from compress.data import PairedImages, SyntheticPairs, check_data, check_writable_folder, image_files, training_patches
+from compress.data import (
+    PairedImages,
+    SyntheticPairs,
+    check_data,
+    check_writable_folder,
+    image_files,
+    real_photos,
+    training_patches,
+)
 from compress.distill import Distiller, add_lora
-from compress.evaluate import evaluate, load_model, real_files
+from compress.evaluate import evaluate, load_model
 from compress.measure import count_macs, count_params, latency_ms
 from compress.plots import regenerate
 from compress.prune import prune
@@ -127,7 +135,7 @@ def check_inputs(recipe: Recipe, results: Path | None) -> None:
     for root in recipe.eval.paired.values():
         PairedImages(root)  # layout and pairing errors name the folder and files
     for folder in recipe.eval.real.values():
-        real_files(folder, recipe.eval.real_split)
+        real_photos([folder], recipe.eval.real_split, "eval.real_split")
     for s in recipe.eval.synthetic.values():
         image_files(s.backgrounds)
     if recipe.teacher is not None and recipe.teacher.path is not None:
