@@ -52,14 +52,23 @@ if [ -z "$TEACHER" ]; then
     [ "${PLATEAU_ANYWAY:-0}" = 1 ] || exit 1
     TEACHER=$(verdict last_run)
 fi
-echo "study.sh: the study teacher is runs/$TEACHER/final"
-export TEACHER
+# its training steps in all (the chain up to it): study_scratch50_long gets them plus the students' 1000, one cycle
+# held at its peak for half the teacher's steps (the recipe's 9000 / 4000 for the 8000-step teacher)
+TEACHER_STEPS=$(verdict plateau_at)
+[ -n "$TEACHER_STEPS" ] || TEACHER_STEPS=$(python -c "import json; print(json.load(open('results/teacher_study/curve.json'))[-1]['step'])")
+echo "study.sh: the study teacher is runs/$TEACHER/final ($TEACHER_STEPS steps)"
+export TEACHER LONG_STEPS=$((TEACHER_STEPS + 1000)) LONG_HOLD=$((TEACHER_STEPS / 2))
+student() {  # recipe:seed: record it against the study teacher
+    local extra=()
+    [ "${1%:*}" != study_scratch50_long ] || extra=(--set "train.steps=$LONG_STEPS" --set "train.lr_hold_steps=$LONG_HOLD")
+    record "$1" --set "teacher.recipe=recipes/$TEACHER.yaml" "${extra[@]}"
+}
+export -f student
 
 # each student once: a recipe:seed whose record exists is skipped, an interrupted one resumes (the study spans
 # sessions: run this again to continue it). Students learn from the study teacher (a resumed run refuses another
-# teacher). study_scratch50_long trains the 8000 steps of teacher_study plus 1000: with a longer chain, raise its
-# train.steps to the chain's steps plus 1000.
-printf '%s\n' $STUDY | xargs -P "$JOBS" -I{} bash -c 'record {} --set "teacher.recipe=recipes/$TEACHER.yaml"'
+# teacher).
+printf '%s\n' $STUDY | xargs -P "$JOBS" -I{} bash -c 'student {}'
 # which unit families are cheapest before any training: each study_prune75_* student as it comes out of pruning
 # (its record says after training), every image
 python -m benchmarks.unit_sensitivity "runs/$TEACHER/final" --recipes recipes/study_prune75_*.yaml --limit 100 \
