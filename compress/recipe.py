@@ -366,8 +366,11 @@ def _set(tree: dict, dotted: str, value) -> None:
     tree[keys[-1]] = value
 
 
-def _read_tree(path: Path, chain: tuple[Path, ...] = ()) -> dict:
-    """One recipe file's mapping with its ``base`` (a recipe it extends, relative to its own folder) merged under it."""
+def _read_tree(path: Path, chain: tuple[Path, ...] = (), bases: list[Path] | None = None) -> dict:
+    """One recipe file's mapping with its ``base`` (a recipe it extends, relative to its own folder) merged under it;
+    each base read is appended to ``bases``."""
+    if chain and bases is not None:
+        bases.append(path)
     try:
         tree = yaml.safe_load(path.read_text())
     except FileNotFoundError as err:
@@ -390,7 +393,7 @@ def _read_tree(path: Path, chain: tuple[Path, ...] = ()) -> dict:
     if any(parent.resolve() == seen.resolve() for seen in (*chain, path)):
         cycle = " -> ".join(str(p) for p in (*chain, path, parent))
         raise RecipeError(f"{path}: base: {base} extends itself ({cycle}); remove one base")
-    merged = _read_tree(parent, (*chain, path))
+    merged = _read_tree(parent, (*chain, path), bases)
     merged.pop("name", None)  # a recipe's name is its own (its file's stem unless it says otherwise)
     return _merge(merged, tree)
 
@@ -412,7 +415,8 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
     ``base: other.yaml`` (relative to the recipe's folder) makes a recipe the other one with its own keys on top:
     sections merge key by key, lists and values replace, ``name`` is never inherited."""
     path = Path(path)
-    tree = _read_tree(path)
+    bases: list[Path] = []
+    tree = _read_tree(path, bases=bases)
     tree.setdefault("name", path.stem)
     for item in overrides:
         key, sep, text = item.partition("=")
@@ -427,7 +431,8 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
     try:
         return Recipe.model_validate(tree)
     except ValidationError as err:
-        lines = [f"{path}: {err.error_count()} problem(s)"]
+        extends = f" (with its base {', '.join(map(str, bases))})" if bases else ""
+        lines = [f"{path}{extends}: {err.error_count()} problem(s)"]
         for e in err.errors():
             where = ".".join(str(p) for p in e["loc"]) or "(top level)"
             lines.append(f"  {where}: {e['msg']}" + (f" (got {_short(e['input'])})" if e["type"] != "missing" else ""))

@@ -153,8 +153,10 @@ def test_recipe_refusals(tmp_path, text, overrides, message):
         ({"r.yaml": "base: b.yaml\n", "b.yaml": "base: r.yaml\n"}, r"b.yaml: base: r.yaml extends itself"),
         ({"r.yaml": "base: [b.yaml]\n"}, r"r.yaml: base: expected the file name of the recipe"),
         ({"r.yaml": "base: b.yaml\n", "b.yaml": "- 1\n"}, r"b.yaml: expected a mapping at the top level"),
+        ({"r.yaml": "base: b.yaml\n", "b.yaml": "train: {lrr: 1}\n"},
+         r"r.yaml \(with its base .*b.yaml\): 1 problem\(s\)\n  train.lrr: Extra inputs"),  # where to look
     ],
-    ids=["missing", "cycle", "not_a_name", "base_not_a_mapping"],
+    ids=["missing", "cycle", "not_a_name", "base_not_a_mapping", "bad_key_in_base"],
 )
 def test_recipe_base_refusals(tmp_path, files, message):
     for name, text in files.items():
