@@ -422,10 +422,10 @@ def check_data(cfg) -> None:
         if source.kind == "paired":
             pair_layout(source.root, source.layout)
     synthetic = [f for s in cfg.training_sources() if s.kind == "synthetic" for f in s.backgrounds]
-    folders = [f for f in synthetic + cfg.val_backgrounds if f != "builtin"] + list(cfg.real_rain)
+    folders = [f for f in synthetic + cfg.val_backgrounds if f != "builtin"]
     image_files(folders) if folders else None
-    if cfg.real_rain:
-        real_photos(cfg.real_rain, cfg.real_rain_split, "data.real_rain_split")  # the half it trains on
+    if cfg.real_rain:  # its folders listed once: usable images, and some in the half it trains on
+        real_photos(cfg.real_rain, cfg.real_rain_split, "data.real_rain_split")
     for root in list(cfg.val_sets.values()) + list(cfg.leak_check):
         PairedImages(root)
 
