@@ -9,7 +9,9 @@ Step time: ``--repeats`` alternating fp32 / bf16 steps after one warm-up each, m
 weights are restored before every step, so both time the same step). Gradient: the cosine similarity and the
 relative norm of the difference between the bf16 and the fp32 gradient of the same weights on the same batch,
 over all parameters, and for contrast the same between two different batches in fp32 (the minibatch noise
-that training already lives with). Writes ``results/bench/train_precision_<name>.json``.
+that training already lives with). Writes ``results/bench/train_precision_<name>.json`` on a CPU with bf16
+kernels, ``..._<name>_no_native_bf16.json`` on one without (AVX2 only: bf16 falls back to reference kernels;
+``train.mixed_precision: auto`` trains in fp32 there).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from compress.train import native_bf16
 from drsformer import PRESETS, DRSformer, DRSformerConfig
 from drsformer.io import write_json
 
@@ -52,6 +55,17 @@ def gradient(model: DRSformer, rainy: torch.Tensor, clean: torch.Tensor, bf16: b
 def compare(a: torch.Tensor, b: torch.Tensor) -> dict:
     relative = ((a - b).norm() / b.norm()).item()
     return {"cosine": F.cosine_similarity(a, b, dim=0).item(), "relative_difference": relative}
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def main(argv=None) -> None:
@@ -96,15 +110,15 @@ def main(argv=None) -> None:
         "command": "python -m benchmarks.train_precision " + " ".join(sys.argv[1:] if argv is None else argv),
         "model": str(args.model) if args.model else f"preset {args.preset}, random weights",
         "batch": f"{args.batch} x {args.patch}x{args.patch} Rain100H centre crops",
-        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-        f"torch {torch.__version__}",
+        "machine": f"{cpu_model()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        "native_bf16": native_bf16(),  # oneDNN has bf16 kernels here (what train.mixed_precision: auto follows)
         "step_seconds_median": median,
         "step_seconds": times,
         "bf16_speedup": median["fp32"] / median["bf16"],
         "bf16_vs_fp32_gradient": compare(g16, g32),
         "other_batch_vs_this_batch_gradient_fp32": compare(g_other, g32),
     }
-    out = args.out / f"train_precision_{name}.json"
+    out = args.out / f"train_precision_{name}{'' if native_bf16() else '_no_native_bf16'}.json"
     write_json(out, result)
     print({k: result[k] for k in ("step_seconds_median", "bf16_speedup", "bf16_vs_fp32_gradient",
                                   "other_batch_vs_this_batch_gradient_fp32")}, "->", out)  # fmt: skip

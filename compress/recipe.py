@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from drsformer import PRESETS, DRSformerConfig
 
@@ -163,7 +163,9 @@ class TrainConfig(Strict):
     weight_decay: float = Field(1.0e-4, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
     grad_clip: float | None = Field(0.01, gt=0)  # global grad-norm clip (upstream hard-codes 0.01)
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    # autocast; "auto": bf16 where it runs natively (CUDA with bf16, a CPU whose oneDNN has bf16 kernels), else
+    # fp32 (on an AVX2-only CPU bf16 falls back to reference kernels, ~10x slower: benchmarks/train_precision.py)
+    mixed_precision: Literal["no", "bf16", "fp16", "auto"] = "no"
     eval_every: int = Field(5000, ge=1)
     save_every: int = Field(5000, ge=1)
     log_every: int = Field(100, ge=1)
@@ -173,6 +175,11 @@ class TrainConfig(Strict):
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
     # inductor generates kernels (minutes on a CPU for the tiny model); aot_eager only traces (a quick check)
     compile_backend: Literal["inductor", "aot_eager", "eager"] = "inductor"
+
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _yaml_no(cls, value):
+        return "no" if value is False else value  # YAML reads an unquoted `no` (and --set ...=no) as false
 
     def compile_options(self) -> dict:
         """``torch.compile`` keywords of this schedule (``mode`` is inductor's alone)."""

@@ -205,6 +205,7 @@ def _run(recipe, stem, console, accelerator, started, resume, scratch, results) 
                 "patches_per_s": summary.patches_per_s,
                 "best_psnr_y_db": summary.best_psnr_y_db,
                 "processes": summary.ranks,
+                "autocast": summary.autocast,  # [first step, precision] per stretch ("no": fp32)
                 "val": summary.val,
             },  # fmt: skip
             "prune": None if report is None else report.rows(),

@@ -20,6 +20,7 @@ import math
 import os
 import shutil
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -53,6 +54,9 @@ class TrainSummary:
     rank_weight_digests: list[int] = field(default_factory=list)  # of every trained tensor's bytes: bit-identical?
     rank_first_patch_sums: list[float] = field(default_factory=list)  # different: ranks saw different data
     resumed_from: int = 0
+    # [first step, autocast precision ("no": fp32)] per stretch of training: a run resumed on another machine
+    # may train on in another precision (train.mixed_precision: auto)
+    autocast: list[list] = field(default_factory=list)
 
 
 class NonFiniteLoss(RuntimeError):
@@ -77,6 +81,28 @@ def _plain(accelerator: Accelerator, prepared: nn.Module) -> nn.Module:
     return model.model if isinstance(model, WithExtras) else model
 
 
+def native_bf16() -> bool:
+    """Whether bf16 autocast computes natively on this machine's training device: a CUDA GPU with bf16, or a
+    CPU whose oneDNN has bf16 kernels (AVX512-BF16, AMX). Elsewhere, on an AVX2-only CPU, bf16 convolutions and
+    matmuls fall back to slow reference kernels."""
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    supported = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return bool(supported is not None and supported())
+
+
+def autocast_precision(requested: str) -> str:
+    """The autocast precision a ``train.mixed_precision`` value trains in here (``auto``: bf16 if native)."""
+    if requested == "auto":
+        return "bf16" if native_bf16() else "no"
+    if requested == "bf16" and not native_bf16():
+        warnings.warn("train.mixed_precision: bf16 on a CPU without native bf16 kernels (oneDNN has none here, "
+                      "e.g. AVX2 only): training runs several times slower than in fp32 "
+                      "(benchmarks/train_precision.py measures it); set train.mixed_precision to auto or no",
+                      stacklevel=2)  # fmt: skip
+    return requested
+
+
 def make_accelerator(cfg, run_dir: Path) -> Accelerator:
     """Accelerator for a recipe's ``TrainConfig``; CPU-only machines run gloo processes (``../shared/INSTALL.md``)."""
     from accelerate.utils import DataLoaderConfiguration, TorchDynamoPlugin
@@ -86,7 +112,7 @@ def make_accelerator(cfg, run_dir: Path) -> Accelerator:
     dynamo = TorchDynamoPlugin(**cfg.compile_options()) if cfg.compile else None
     return Accelerator(
         cpu=not torch.cuda.is_available(),
-        mixed_precision=cfg.mixed_precision,
+        mixed_precision=autocast_precision(cfg.mixed_precision),
         gradient_accumulation_steps=cfg.grad_accum,
         log_with="tensorboard" if cfg.tensorboard else None,
         project_dir=str(run_dir),
@@ -342,6 +368,9 @@ def fit(
         start, best = progress_info["step"], progress_info["best"]
         earlier_seconds = progress_info.get("train_seconds", 0.0)  # states from before this field: unknown, 0
         accelerator.print(f"resumed {run_dir} at step {start}")
+    autocast = list(progress_info.get("autocast", [])) if progress_info is not None else []
+    if start < cfg.steps and (not autocast or autocast[-1][1] != accelerator.mixed_precision):
+        autocast.append([start, accelerator.mixed_precision])
     micro_batches = start * cfg.grad_accum
     iters = [
         iter(accelerator.skip_first_batches(loader, micro_batches) if micro_batches else loader) if loader else None
@@ -432,7 +461,7 @@ def fit(
                 check_finite()
                 seconds_so_far = earlier_seconds + time.perf_counter() - started
                 save_state(accelerator, run_dir, {"step": done, "best": best, "train_seconds": seconds_so_far,
-                                                  "recipe": recipe})  # fmt: skip
+                                                  "autocast": autocast, "recipe": recipe})  # fmt: skip
     seconds = time.perf_counter() - started
     check_finite()
     if accelerator.is_main_process:
@@ -461,6 +490,7 @@ def fit(
         rank_weight_digests=digests,
         rank_first_patch_sums=gathered[:, 1].tolist(),
         resumed_from=start,
+        autocast=autocast,
     )
 
 

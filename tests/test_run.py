@@ -129,6 +129,7 @@ def test_recipes_run_end_to_end(recipe, teacher_dir, tmp_path):
     record = json.loads((tmp_path / "results" / "scratch" / f"{recipe.stem}.json").read_text())
     assert record["stem"] == recipe.stem and record["status"] == "ok"
     assert record["recipe"]["train"]["steps"] == 2 and record["train"]["steps"] == 2
+    assert record["train"]["autocast"] == [[0, "no"]]  # trained in fp32 from its first step
     assert record["sets"]["rain100L"]["images"] == 1 and 5 < record["sets"]["rain100L"]["psnr_y_db"] < 60
     assert record["checkpoint_bytes"] > 0 and record["latency_ms"] > 0 and record["commit"]
     student = DRSformer.from_pretrained(tmp_path / "runs" / recipe.stem / "final")
