@@ -124,7 +124,7 @@ def main(argv=None) -> None:
     runs = [args.run, *args.continued]
     at = verdict["plateau_at"]
     verdict["plateau_run"] = None if at is None else (runs[restarts.index(at)] if restarts else args.run).name
-    verdict["last_run"] = runs[-1].name
+    verdict["last_run"], verdict["last_step"] = runs[-1].name, points[-1]["step"]  # the most trained, its steps
     if args.records is not None:  # every test image decides, not the crops
         recs = [read_record(args.records, run.name) for run in runs]
         links = [{"from_run": a["stem"], "to_run": b["stem"], "at_step": step,

@@ -55,7 +55,7 @@ fi
 # its training steps in all (the chain up to it): study_scratch50_long gets them plus the students' 1000, one cycle
 # held at its peak for half the teacher's steps (the recipe's 9000 / 4000 for the 8000-step teacher)
 TEACHER_STEPS=$(verdict plateau_at)
-[ -n "$TEACHER_STEPS" ] || TEACHER_STEPS=$(python -c "import json; print(json.load(open('results/teacher_study/curve.json'))[-1]['step'])")
+[ -n "$TEACHER_STEPS" ] || TEACHER_STEPS=$(verdict last_step)
 echo "study.sh: the study teacher is runs/$TEACHER/final ($TEACHER_STEPS steps)"
 export TEACHER LONG_STEPS=$((TEACHER_STEPS + 1000)) LONG_HOLD=$((TEACHER_STEPS / 2))
 student() {  # recipe:seed: record it against the study teacher

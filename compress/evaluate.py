@@ -153,11 +153,12 @@ def score_unpaired(
     scorer: NoReference | None = None,
     accelerator=None,
     split: str = "all",
+    split_key: str = "split",
 ) -> dict:
     """Mean NIQE/BRISQUE of the derained photos of ``folder`` (no ground truth), images/s, per image; sharded
     over an ``accelerator``'s processes as ``score_paired``. ``split``: the folder's photos, or its held-out
-    ``"test"`` half (``compress.data.split_files``)."""
-    files = real_photos([folder], split, "split")[:limit]
+    ``"test"`` half (``compress.data.split_files``), chosen by the caller's ``split_key`` (named in its errors)."""
+    files = real_photos([folder], split, split_key)[:limit]
     scorer = scorer or NoReference()
     mine = _shard(len(files), accelerator)
     device = _device(model, accelerator)
@@ -212,7 +213,8 @@ def evaluate(
             results[name] = score_paired(model, dataset, tile, progress, name, limit, accelerator)
         scorer = NoReference() if real else None
         for name, folder in real.items():
-            results[name] = score_unpaired(model, folder, tile, progress, name, limit, scorer, accelerator, real_split)
+            results[name] = score_unpaired(model, folder, tile, progress, name, limit, scorer, accelerator,
+                                           real_split, split_key)  # fmt: skip
     if show:
         Console().print(results_table(results))
     return results

@@ -189,6 +189,8 @@ def test_real_rain_split_holds_out_half_a_folder_by_name(tmp_path, monkeypatch):
     with pytest.raises(DataError, match=empty_half.format("--real-split", "--real-split")):
         ev.main(["score", "identity", "--paired", f"l={DATA / 'rain100L'}", "--real", f"r={train_only}",
                  "--real-split", "test"])  # fmt: skip
+    with pytest.raises(DataError, match=empty_half.format("eval.real_split", "eval.real_split")):
+        ev.score_unpaired(None, train_only, split="test", split_key="eval.real_split")  # called alone, too
     from compress.run import check_inputs
 
     with pytest.raises(DataError, match=empty_half.format("eval.real_split", "eval.real_split")):

@@ -219,6 +219,7 @@ def test_learning_curve_chain_of_cycles_can_only_plateau_at_a_segment_end(tmp_pa
     assert (3000, 5000) not in spans and (2000, 3000) in spans  # 3000 -> 5000 would span the restart at 4000
     assert verdict["restarts"] == [4000] and verdict["plateau_at"] is None  # 4000 -> 6000: +0.3 dB
     assert verdict["plateau_run"] is None and verdict["last_run"] == "first"
+    assert verdict["last_step"] == 6000  # the chain's steps so far (study.sh's teacher steps without a plateau)
     main(args + ["--continued", str(tmp_path / "second"), "--out", str(tmp_path / "two")])
     verdict = json.loads((tmp_path / "two" / "plateau.json").read_text())
     assert verdict["restarts"] == [4000, 6000] and verdict["plateau_at"] == 6000
