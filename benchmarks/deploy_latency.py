@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import tempfile
 from pathlib import Path
@@ -36,6 +35,7 @@ from compress.evaluate import load_model
 from compress.export import EXPORT_SIZE, DeployedModel, export_onnx, export_openvino
 from compress.measure import count_macs
 from compress.prune import PruneSpec, prune
+from compress.results import cpu_model
 from drsformer import DRSformer, DRSformerConfig
 from drsformer.io import write_json
 
@@ -223,7 +223,7 @@ def main(argv=None) -> None:
     torch.manual_seed(0)
     teacher = (load_model(args.teacher) if args.teacher else DRSformer(DRSformerConfig.preset(args.preset))).eval()
     command = " ".join(["python -m benchmarks.deploy_latency", *(argv if argv is not None else sys.argv[1:])])
-    machine = f"{platform.processor() or 'cpu'}, {os.cpu_count()} logical CPUs, {args.threads} threads"
+    machine = f"{cpu_model()}, {os.cpu_count()} logical CPUs, {args.threads} threads"
     if args.forms:
         out = args.out or Path("results/bench/deploy_forms.json")
         record = {"command": command, "machine": machine, "teacher": args.teacher or f"random:{args.preset}",

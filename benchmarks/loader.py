@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 import torch
 
 from compress.recipe import DataConfig
+from compress.results import cpu_model
 from compress.sources import training_pairs
 from drsformer.io import write_json
 
@@ -55,7 +55,7 @@ def main(argv=None) -> None:
         print(name, {w: f"{v:.0f}" for w, v in results[name].items()}, flush=True)
     write_json(args.out, {
         "command": " ".join(["python -m benchmarks.loader", *(argv if argv is not None else sys.argv[1:])]),
-        "machine": f"{platform.processor() or 'cpu'}, {os.cpu_count()} logical CPUs",
+        "machine": f"{cpu_model()}, {os.cpu_count()} logical CPUs",
         "scale": f"patches/s of {args.patch}px, batches of 16, {args.batches} batches after the first; "
                  "1 torch thread per process; keys: workers",
         "patches_per_s": results,

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import sys
 import time
@@ -31,6 +30,7 @@ import torch
 from compress.measure import count_macs, count_params, latency_ms
 from compress.prune import PruneSpec, prune
 from compress.rain import add_rain
+from compress.results import cpu_model
 from drsformer import PRESETS, DRSformer, DRSformerConfig
 from drsformer.io import write_json
 
@@ -83,7 +83,7 @@ def main(argv=None) -> None:
     record = {
         "command": " ".join(["python -m benchmarks.prune_speed", *sys.argv[1:]]),
         "preset": args.preset,
-        "machine": f"{platform.processor() or platform.machine()}, {args.threads} torch threads, fp32, eval, batch 1",
+        "machine": f"{cpu_model()}, {args.threads} torch threads, fp32, eval, batch 1",
         "torch": torch.__version__,
         "units": units,
         "max_ratio": args.max_ratio,

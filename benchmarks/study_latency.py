@@ -17,7 +17,6 @@ a deployed-latency axis (``pareto_deployed_ms_<set>.png``).
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import tempfile
 import time
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from compress.results import read_records
+from compress.results import cpu_model, read_records
 from drsformer import DRSformer
 from drsformer.io import write_json
 
@@ -78,7 +77,7 @@ def main(argv=None) -> None:
     deployed = deployed_ms(models, args.deployed, args.size, args.repeats, args.threads) if args.deployed else {}
     record = {
         "command": " ".join(["python -m benchmarks.study_latency", *sys.argv[1:]]),
-        "machine": f"{platform.processor() or platform.machine()}, {args.threads} torch threads, fp32, eval, batch 1, "
+        "machine": f"{cpu_model()}, {args.threads} torch threads, fp32, eval, batch 1, "
         f"{args.size}x{args.size}, median of {args.repeats} round-robin rounds",
         "torch": torch.__version__,
         "latency_ms": latency,

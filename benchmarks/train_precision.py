@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import platform
 import statistics
 import sys
 import time
@@ -27,6 +26,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from compress.results import cpu_model
 from compress.train import native_bf16
 from drsformer import PRESETS, DRSformer, DRSformerConfig
 from drsformer.io import write_json
@@ -55,17 +55,6 @@ def gradient(model: DRSformer, rainy: torch.Tensor, clean: torch.Tensor, bf16: b
 def compare(a: torch.Tensor, b: torch.Tensor) -> dict:
     relative = ((a - b).norm() / b.norm()).item()
     return {"cosine": F.cosine_similarity(a, b, dim=0).item(), "relative_difference": relative}
-
-
-def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main(argv=None) -> None:

@@ -41,6 +41,17 @@ def git_state(repo: Path | None = None) -> dict:
     return {"commit": commit, "dirty": bool(status.strip())}
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``; what decides, e.g., whether bf16 has kernels), else ``platform``'s."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"
+
+
 def environment() -> dict:
     versions = {}
     for name in PACKAGES:
@@ -48,7 +59,7 @@ def environment() -> dict:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = None
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({platform.processor() or 'cpu'})"
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({cpu_model()})"
     return {"packages": versions, "python": platform.python_version(), "device": device,
             "cpu_threads": torch.get_num_threads()}  # fmt: skip
 
