@@ -60,15 +60,21 @@ def test_a_recipe_extends_its_base_section_by_section(tmp_path):
 
 def test_study_recipes_share_one_base():
     """Every study recipe takes its seed, data, schedule and evaluation from recipes/base/study.yaml, so that a
-    change there reaches all of them; the second plateau link is the first with a longer schedule."""
+    change there reaches all of them; each plateau link continues the previous one for 50% of the chain's steps so
+    far (8000 teacher steps, then 4000, 6000, 9000), a quarter of them held at the peak, and changes nothing else."""
     base = ROOT / "recipes" / "base" / "study.yaml"
     study = [p for p in ALL_RECIPES if p.stem.startswith("study_")]
     assert study and all("base:" in p.read_text() for p in study)
-    first, second = (load_recipe(ROOT / "recipes" / f"{n}.yaml") for n in ("study_teacher_plateau",
-                                                                           "study_teacher_plateau2"))
-    assert second.teacher.recipe == "recipes/study_teacher_plateau.yaml" and second.train.steps == 6000
-    assert second.data == first.data and second.eval == first.eval and second.distill == first.distill
-    assert second.train.model_copy(update={"steps": 4000, "lr_hold_steps": 1000}) == first.train
+    first = load_recipe(ROOT / "recipes" / "study_teacher_plateau.yaml")
+    assert first.teacher.recipe == "recipes/teacher_study.yaml" and first.train.steps == 4000  # after its 8000
+    previous, chain_steps = first, 8000 + 4000
+    for n in (2, 3):
+        link = load_recipe(ROOT / "recipes" / f"study_teacher_plateau{n}.yaml")
+        assert link.teacher.recipe == f"recipes/{previous.name}.yaml"
+        assert link.train.steps == chain_steps // 2 and link.train.lr_hold_steps == link.train.steps // 4
+        assert link.data == first.data and link.eval == first.eval and link.distill == first.distill
+        assert link.train.model_copy(update={"steps": 4000, "lr_hold_steps": 1000}) == first.train
+        previous, chain_steps = link, chain_steps + link.train.steps
     assert "val_sets" not in base.read_text() and dict(first.data.val_sets)  # the plateau runs validate on more
 
 
