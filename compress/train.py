@@ -96,8 +96,9 @@ def autocast_precision(requested: str) -> str:
     if requested == "auto":
         return "bf16" if native_bf16() else "no"
     if requested == "bf16" and not native_bf16():
-        warnings.warn("train.mixed_precision: bf16 on a CPU without native bf16 kernels (oneDNN has none here, "
-                      "e.g. AVX2 only): training runs several times slower than in fp32 "
+        where = ("a CUDA GPU without bf16 support (before Ampere)" if torch.cuda.is_available() else
+                 "a CPU without native bf16 kernels (oneDNN has none here, e.g. AVX2 only)")
+        warnings.warn(f"train.mixed_precision: bf16 on {where}: training runs several times slower than in fp32 "
                       "(benchmarks/train_precision.py measures it); set train.mixed_precision to auto or no",
                       stacklevel=2)  # fmt: skip
     return requested

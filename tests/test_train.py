@@ -317,6 +317,12 @@ def test_mixed_precision_auto_is_bf16_only_where_it_runs_natively(monkeypatch, t
             assert T.autocast_precision("auto") == auto and T.autocast_precision("no") == "no"
             if native:
                 assert T.autocast_precision("bf16") == "bf16"
+    # asked for explicitly where it is not native: kept, with a warning naming the device and what to set
+    for cuda, device in ((False, "a CPU without native bf16"), (True, "a CUDA GPU without bf16 support")):
+        monkeypatch.setattr(T.torch.cuda, "is_available", lambda cuda=cuda: cuda)
+        with pytest.warns(UserWarning, match=f"mixed_precision: bf16 on {device}.*auto or no"):
+            assert T.autocast_precision("bf16") == "bf16"
+    monkeypatch.undo()
     # an unquoted `no` is YAML's false: read as "no", in a file and on the command line
     path = tiny_recipe(tmp_path)
     path.write_text(path.read_text().replace("train: {", "train: {mixed_precision: no, "))
@@ -324,6 +330,3 @@ def test_mixed_precision_auto_is_bf16_only_where_it_runs_natively(monkeypatch, t
     assert load_recipe(tiny_recipe(tmp_path), ["train.mixed_precision=no"]).train.mixed_precision == "no"
     with pytest.raises(RecipeError, match="mixed_precision"):
         load_recipe(tiny_recipe(tmp_path), ["train.mixed_precision=yes"])
-        if not native:
-            with pytest.warns(UserWarning, match="mixed_precision: bf16 on a CPU without native bf16.*auto or no"):
-                assert T.autocast_precision("bf16") == "bf16"  # asked for explicitly: kept
