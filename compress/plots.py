@@ -234,18 +234,27 @@ def _targets_table(records: list[dict], diffs: list[dict]) -> list[str]:
 LABEL_LINE, LABEL_CHAR = 1.5, 0.55  # label height and mean character width, in font sizes
 
 
+MARKER_POINTS = 5.0  # half the size of a plotted marker plus a margin, in points
+
+
 def _label_boxes(ax, labels, size: float) -> list[tuple[float, float, float, float]]:
     """(left, right, bottom, point y) in points for each label, lowest point first: a label whose box would
-    overlap one already placed moves up past it."""
+    overlap one already placed, or cover another label's point (its marker), moves up past it."""
     to_points = 72 / ax.figure.dpi
-    line, char = size * LABEL_LINE, size * LABEL_CHAR
+    line, char, r = size * LABEL_LINE, size * LABEL_CHAR, MARKER_POINTS
+    points = [tuple(v * to_points for v in ax.transData.transform((x, y))) for x, y, _ in labels]
     placed = []
-    for x, y, text in labels:
-        px, py = (v * to_points for v in ax.transData.transform((x, y)))
+    for i, ((px, py), (_, _, text)) in enumerate(zip(points, labels)):
         left, right, bottom = px + 3, px + 3 + char * len(text), py + 3
-        for p_left, p_right, p_bottom, _ in sorted(placed, key=lambda b: b[2]):
-            if left < p_right and p_left < right and abs(bottom - p_bottom) < line:
-                bottom = p_bottom + line
+        moved = True
+        while moved:  # every obstacle lies below some finite height, so this ends
+            moved = False
+            for p_left, p_right, p_bottom, _ in placed:
+                if left < p_right and p_left < right and p_bottom - line < bottom < p_bottom + line:
+                    bottom, moved = p_bottom + line, True
+            for j, (qx, qy) in enumerate(points):
+                if j != i and left - r < qx < right + r and bottom - r < qy < bottom + line + r:
+                    bottom, moved = qy + r, True
         placed.append((left, right, bottom, py))
     return placed
 

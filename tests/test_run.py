@@ -311,6 +311,7 @@ def test_clustered_labels_do_not_overlap_and_stay_inside_the_axes():
     points = [(2.59, 22.87 + 0.01 * i, f"prune50_recipe_{i}") for i in range(8)] + [
         (1.5, 22.2, "far"),
         (5.2, 22.9, "t"),
+        (1.55, 22.215, "under_far"),  # a point where far's label would sit
     ]
     ax.scatter([x for x, _, _ in points], [y for _, y, _ in points])
     place_labels(ax, points)
@@ -320,6 +321,11 @@ def test_clustered_labels_do_not_overlap_and_stay_inside_the_axes():
     assert len(boxes) == len(points)
     overlaps = [(i, j) for i in range(len(boxes)) for j in range(i) if boxes[i].overlaps(boxes[j])]
     assert not overlaps
+    # no label covers another point's marker (texts are annotated in the order place_labels sorts them)
+    centres = {text: ax.transData.transform((x, y)) for x, y, text in points}
+    covered = [(t.get_text(), other) for t, box in zip(ax.texts, boxes) for other, (cx, cy) in centres.items()
+               if other != t.get_text() and box.x0 - 2 < cx < box.x1 + 2 and box.y0 - 2 < cy < box.y1 + 2]
+    assert not covered
     assert max(b.y1 for b in boxes) <= ax.get_window_extent(renderer).y1 + 1
     plt.close(fig)
 
