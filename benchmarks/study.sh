@@ -37,6 +37,7 @@ record() {  # recipe:seed [run.py args] -> results/runs/<stem>.json, unless it e
     python compress/run.py "recipes/$recipe.yaml" --set "seed=$seed" --resume "$@"
 }
 export -f record
+benchmarks/study_state.sh restore  # the teacher chain's committed states (results/<run>/) into runs/, if not there
 python compress/train_teacher.py recipes/teacher_study.yaml --resume
 record teacher_study:100
 for link in $CHAIN; do record "$link:100"; done

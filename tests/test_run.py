@@ -456,3 +456,43 @@ def test_summary_checks_each_recipes_targets_by_mean_and_interval():
                                      "per_image": [dict(r, psnr_y_db=r["psnr_y_db"] - 0.4) for r in rows]}}}
     table = summary_markdown([teacher, student, scratch])
     assert "| s | +0.50 dB vs scratch | rain100L | +0.300 [+0.300, +0.300] | missed by 0.200 dB |" in table
+
+
+def test_study_state_restores_without_overwriting_and_never_saves_backwards(tmp_path):
+    """benchmarks/study_state.sh carries the teacher chain's runs across sessions: restore copies results/<run>/
+    into runs/ only where runs/<run>/ is missing; save copies a run's checkpoint back, and refuses one behind the
+    committed state, leaving it as it was."""
+    script = ROOT / "benchmarks" / "study_state.sh"
+
+    def state(folder: Path, step: int, note: str = "") -> None:
+        (folder / "state").mkdir(parents=True, exist_ok=True)
+        (folder / "state" / "progress.json").write_text(json.dumps({"step": step, "note": note}))
+
+    def study_state(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", str(script), *args], cwd=tmp_path, capture_output=True, text=True)
+
+    results, runs = tmp_path / "results", tmp_path / "runs"
+    state(results / "teacher_study", 8000, "committed")
+    state(results / "study_teacher_plateau2", 2500, "committed")
+    (results / "study_teacher_plateau2" / "best").mkdir()
+    state(runs / "teacher_study", 8000, "local")  # a run the user has: kept
+    done = study_state("restore")
+    assert done.returncode == 0, done.stderr
+    assert "runs/teacher_study exists" in done.stdout
+    assert json.loads((runs / "teacher_study" / "state" / "progress.json").read_text())["note"] == "local"
+    assert (runs / "study_teacher_plateau2" / "best").is_dir() and not list(runs.glob("*.partial"))
+
+    link = runs / "study_teacher_plateau2"
+    state(link, 2600, "trained on")
+    (link / "curve.json").write_text("[]")
+    done = study_state("save", "study_teacher_plateau2")
+    assert done.returncode == 0, done.stderr
+    saved = json.loads((results / "study_teacher_plateau2" / "state" / "progress.json").read_text())
+    assert saved["step"] == 2600 and (results / "study_teacher_plateau2" / "curve.json").read_text() == "[]"
+    state(link, 2400, "behind")
+    state(runs / "teacher_study", 8000, "local, not saved either")
+    done = study_state("save")  # both runs: checked before either is copied
+    assert done.returncode == 1 and "runs/study_teacher_plateau2 is at step 2400, behind" in done.stderr
+    assert json.loads((results / "teacher_study" / "state" / "progress.json").read_text())["note"] == "committed"
+    assert json.loads((results / "study_teacher_plateau2" / "state" / "progress.json").read_text())["step"] == 2600
+    assert study_state("push").returncode == 2
