@@ -82,6 +82,36 @@ def record_gains(before: dict, after: dict, tolerance: float = 0.1) -> dict:
     return {"sets": sets, "plateau": max(v["gain_db"] for v in sets.values()) < tolerance}
 
 
+def projection(links: list[dict], chain_steps: int, tolerance: float = 0.1) -> dict:
+    """Without a plateau, how many more links the records' trend asks for: per set, the last link's mean gain and
+    its ratio to the link's before; if every set still at or over ``tolerance`` shrinks by that ratio each link
+    (a guess, not a measurement), the links until each gain falls under it, and the training steps they take
+    (each link trains 50% of the chain so far: ``chain_steps`` x (1.5^n - 1) for n links). A set whose gain does
+    not shrink (or a chain of one link) has no projection."""
+    import math
+
+    if len(links) < 2:
+        return {"links_more": None, "why": "one link: no trend yet", "sets": {}}
+    sets, needed = {}, []
+    for name, last in links[-1]["sets"].items():
+        before = links[-2]["sets"].get(name)
+        gain = last["gain_db"]
+        ratio = gain / before["gain_db"] if before and before["gain_db"] > 0 else None
+        if gain < tolerance:
+            more = 0
+        elif ratio is not None and 0 < ratio < 1:
+            more = math.floor(math.log(tolerance / gain) / math.log(ratio)) + 1
+        else:
+            more = None
+        sets[name] = {"gains_db": [before["gain_db"] if before else None, gain], "ratio": ratio, "links_more": more}
+        needed.append(more)
+    if any(n is None for n in needed):
+        return {"links_more": None, "why": "a set still gaining does not gain less link by link", "sets": sets}
+    more = max(needed)
+    return {"links_more": more, "steps_more": round(chain_steps * (1.5**more - 1)), "sets": sets,
+            "why": "each set's gain shrinking by its last ratio per link (a guess from two links)"}  # fmt: skip
+
+
 def read_record(records: Path, run: str) -> dict:
     path = records / f"{run}.json"
     if not path.is_file():
@@ -134,6 +164,8 @@ def main(argv=None) -> None:
         verdict["records"] = links
         verdict["plateau_at"] = first["at_step"] if first else None
         verdict["plateau_run"] = first["from_run"] if first else None
+        if first is None:
+            verdict["projection"] = projection(links, verdict["last_step"], args.tolerance)
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for name in points[0]["val"]:
         ax.plot([p["step"] for p in points], [p["val"][name]["psnr_y_db"] for p in points], marker="o", label=name)
@@ -154,7 +186,11 @@ def main(argv=None) -> None:
     if out != args.run:
         write_json(out / "curve.json", points)
     write_json(out / "plateau.json", verdict)
-    print(json.dumps({k: v for k, v in verdict.items() if k not in ("checks", "records")}), f"-> {out}")
+    print(json.dumps({k: v for k, v in verdict.items() if k not in ("checks", "records", "projection")}),
+          f"-> {out}")
+    if "projection" in verdict:
+        p = verdict["projection"]
+        print(f"projection: {p['links_more']} more links ({p.get('steps_more')} steps): {p['why']}")
     for link in verdict.get("records", []):
         gains = ", ".join(f"{k} {v['gain_db']:+.3f} [{v['ci95_db'][0]:+.3f}, {v['ci95_db'][1]:+.3f}] dB ({v['images']})"
                           for k, v in link["sets"].items())  # fmt: skip

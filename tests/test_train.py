@@ -269,6 +269,26 @@ def test_learning_curve_records_decide_the_plateau_over_every_test_image(tmp_pat
     main(args + ["--out", str(tmp_path / "gains")])
     verdict = json.loads((tmp_path / "gains" / "plateau.json").read_text())
     assert verdict["plateau_run"] is None and not verdict["records"][0]["plateau"]
+    assert verdict["projection"]["links_more"] is None  # one link: no trend to project
+
+
+def test_plateau_projection_from_the_records_gains_link_by_link():
+    """Without a plateau, the records' last two links say how many more the trend needs: a set gaining 0.6 then
+    0.4 dB (ratio 2/3) falls under 0.1 dB after 4 more links (0.4 x (2/3)^4 = 0.079, ^3 = 0.119); a set already
+    under needs none; the steps are the chain's 1.5x growth. A gain that does not shrink has no projection."""
+    from benchmarks.learning_curve import projection
+
+    def link(**gains):
+        return {"sets": {k: {"gain_db": v} for k, v in gains.items()}}
+
+    got = projection([link(a=0.6, b=0.3), link(a=0.4, b=0.05)], chain_steps=18000)
+    assert got["sets"]["a"]["links_more"] == 4 and got["sets"]["b"]["links_more"] == 0
+    assert got["links_more"] == 4 and got["steps_more"] == round(18000 * (1.5**4 - 1))
+    assert got["sets"]["a"]["ratio"] == pytest.approx(2 / 3)
+    assert projection([link(a=0.4), link(a=0.2)], 100)["links_more"] == 2  # 0.2 x 0.5^2 = 0.05; ^1 = 0.1 is not under
+    for stalled in ([link(a=0.3), link(a=0.35)], [link(a=-0.1), link(a=0.2)]):
+        assert projection(stalled, 100)["links_more"] is None
+    assert projection([link(a=0.3)], 100)["links_more"] is None
 
 
 def test_bf16_training_runs_on_the_cpu_and_validates_in_fp32(tmp_path):
