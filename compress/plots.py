@@ -252,8 +252,8 @@ def _label_boxes(ax, labels, size: float) -> list[tuple[float, float, float, flo
             for p_left, p_right, p_bottom, _ in placed:
                 if left < p_right and p_left < right and p_bottom - line < bottom < p_bottom + line:
                     bottom, moved = p_bottom + line, True
-            for j, (qx, qy) in enumerate(points):
-                if j != i and left - r < qx < right + r and bottom - r < qy < bottom + line + r:
+            for j, (qx, qy) in enumerate(points):  # bumps only upwards (rounding must not repeat one forever)
+                if j != i and left - r < qx < right + r and bottom < qy + r and qy < bottom + line + r:
                     bottom, moved = qy + r, True
         placed.append((left, right, bottom, py))
     return placed

@@ -312,6 +312,7 @@ def test_clustered_labels_do_not_overlap_and_stay_inside_the_axes():
         (1.5, 22.2, "far"),
         (5.2, 22.9, "t"),
         (1.55, 22.215, "under_far"),  # a point where far's label would sit
+        (4.0, 22.5, "same_a"), (4.0, 22.5, "same_b"),  # one position twice (this once looped forever)
     ]
     ax.scatter([x for x, _, _ in points], [y for _, y, _ in points])
     place_labels(ax, points)
