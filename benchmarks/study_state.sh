@@ -19,6 +19,9 @@ if [ ${#runs[@]} -eq 0 ]; then
     done
     mapfile -t runs < <(printf '%s\n' "${runs[@]}" | awk '!seen[$0]++')
 fi
+replace() {  # copy $1 to $2 through $2.partial, so that an interrupted copy never leaves a half-written $2
+    rm -rf "$2.partial" && cp -r "$1" "$2.partial" && rm -rf "$2" && mv "$2.partial" "$2"
+}
 step() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['step'])" "$1/state/progress.json" 2>/dev/null \
          || echo -1; }
 case $action in
@@ -26,7 +29,7 @@ restore)
     for run in "${runs[@]}"; do
         if [ ! -d "results/$run" ]; then echo "study_state: no results/$run to restore"; continue; fi
         if [ -e "runs/$run" ]; then echo "study_state: runs/$run exists (step $(step "runs/$run")), kept"; continue; fi
-        mkdir -p runs && cp -r "results/$run" "runs/$run.partial" && mv "runs/$run.partial" "runs/$run"
+        mkdir -p runs && replace "results/$run" "runs/$run"
         echo "study_state: restored runs/$run (step $(step "runs/$run"))"
     done ;;
 save)
@@ -44,10 +47,7 @@ save)
         now=$(step "runs/$run")
         mkdir -p "results/$run"
         for item in state best final curve.json summary.json; do
-            [ -e "runs/$run/$item" ] || continue
-            rm -rf "results/$run/$item.partial"
-            cp -r "runs/$run/$item" "results/$run/$item.partial"
-            rm -rf "results/$run/$item" && mv "results/$run/$item.partial" "results/$run/$item"
+            if [ -e "runs/$run/$item" ]; then replace "runs/$run/$item" "results/$run/$item"; fi
         done
         echo "study_state: saved results/$run (step $now)"
     done ;;

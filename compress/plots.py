@@ -232,8 +232,6 @@ def _targets_table(records: list[dict], diffs: list[dict]) -> list[str]:
 
 
 LABEL_LINE, LABEL_CHAR = 1.5, 0.55  # label height and mean character width, in font sizes
-
-
 MARKER_POINTS = 5.0  # half the size of a plotted marker plus a margin, in points
 
 
@@ -247,12 +245,12 @@ def _label_boxes(ax, labels, size: float) -> list[tuple[float, float, float, flo
     for i, ((px, py), (_, _, text)) in enumerate(zip(points, labels)):
         left, right, bottom = px + 3, px + 3 + char * len(text), py + 3
         moved = True
-        while moved:  # every obstacle lies below some finite height, so this ends
+        while moved:  # each bump strictly raises bottom to one of finitely many obstacle tops, so this ends
             moved = False
             for p_left, p_right, p_bottom, _ in placed:
                 if left < p_right and p_left < right and p_bottom - line < bottom < p_bottom + line:
                     bottom, moved = p_bottom + line, True
-            for j, (qx, qy) in enumerate(points):  # bumps only upwards (rounding must not repeat one forever)
+            for j, (qx, qy) in enumerate(points):  # `bottom < qy + r`, not `bottom - r < qy`: rounding could repeat
                 if j != i and left - r < qx < right + r and bottom < qy + r and qy < bottom + line + r:
                     bottom, moved = qy + r, True
         placed.append((left, right, bottom, py))
