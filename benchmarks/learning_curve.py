@@ -190,7 +190,8 @@ def main(argv=None) -> None:
           f"-> {out}")
     if "projection" in verdict:
         p = verdict["projection"]
-        print(f"projection: {p['links_more']} more links ({p.get('steps_more')} steps): {p['why']}")
+        more = "none" if p["links_more"] is None else f"{p['links_more']} more links ({p['steps_more']} steps)"
+        print(f"projection: {more}: {p['why']}")
     for link in verdict.get("records", []):
         gains = ", ".join(f"{k} {v['gain_db']:+.3f} [{v['ci95_db'][0]:+.3f}, {v['ci95_db'][1]:+.3f}] dB ({v['images']})"
                           for k, v in link["sets"].items())  # fmt: skip

@@ -227,7 +227,7 @@ def test_learning_curve_chain_of_cycles_can_only_plateau_at_a_segment_end(tmp_pa
     assert [c["plateau"] for c in verdict["checks"] if c["from"] == 6000] == [True]
 
 
-def test_learning_curve_records_decide_the_plateau_over_every_test_image(tmp_path):
+def test_learning_curve_records_decide_the_plateau_over_every_test_image(tmp_path, capsys):
     """The crops say the first plateau run still gains (+0.3 dB); its record over every image says +0.05 dB, so with
     --records the teacher's end is the plateau, with the interval of each set's gain. A record of other images, or
     a missing record, is refused before anything is written."""
@@ -266,10 +266,12 @@ def test_learning_curve_records_decide_the_plateau_over_every_test_image(tmp_pat
     lo, hi = link["sets"]["a"]["ci95_db"]
     assert 0.0 < lo < 0.05 < hi  # the gain varies over images: a real interval around it
     (records / "more.json").write_text(json.dumps(record("more", 0.15)))
+    capsys.readouterr()
     main(args + ["--out", str(tmp_path / "gains")])
     verdict = json.loads((tmp_path / "gains" / "plateau.json").read_text())
     assert verdict["plateau_run"] is None and not verdict["records"][0]["plateau"]
     assert verdict["projection"]["links_more"] is None  # one link: no trend to project
+    assert "projection: none: one link: no trend yet" in capsys.readouterr().out  # says so, not "None steps"
 
 
 def test_plateau_projection_from_the_records_gains_link_by_link():
