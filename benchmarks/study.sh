@@ -16,9 +16,13 @@ set -euo pipefail
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 JOBS=${JOBS:-1}
 MAIN="study_prune50_distill study_prune50_outputkd study_prune50_finetune study_scratch50 study_teacher_continued"
-REST="study_prune33_distill study_prune25_distill study_params50_distill study_scratch50_long study_prune50_lora
-study_prune50_realrain study_prune75_distill study_prune75_experts study_prune75_depth study_prune75_width"
-DEFAULT=$(for r in $MAIN; do for s in 100 101 102; do echo "$r:$s"; done; done; for r in $REST; do echo "$r:100"; done)
+REST="study_prune33_distill study_prune25_distill study_params50_distill study_prune50_lora study_prune50_realrain
+study_prune75_distill study_prune75_experts study_prune75_depth study_prune75_width"
+LONG=study_scratch50_long  # the teacher's steps plus a student's: as long as the whole teacher chain, so last
+# seed 100 of every recipe first, then the main recipes' other seeds, the long scratch control last: a study cut
+# off between sessions has answered every question once before it adds repeats
+DEFAULT=$(for r in $MAIN $REST; do echo "$r:100"; done; for s in 101 102; do for r in $MAIN; do echo "$r:$s"; done; done
+          echo "$LONG:100")
 STUDY=${STUDY:-$DEFAULT}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$((JOBS > 1 ? 1 : 2))}
 
