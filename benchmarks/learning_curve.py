@@ -11,8 +11,8 @@ final model becomes the next candidate). With continuations only the end of a se
 be the plateau, and no check spans a restart from inside a segment (a model mid-decay against one at the new
 cycle's high learning rate says nothing about more training).
 
-    python -m benchmarks.learning_curve runs/teacher_study [--out results/teacher_study]
-    python -m benchmarks.learning_curve runs/teacher_study --continued runs/study_teacher_plateau --out ...
+    python -m benchmarks.learning_curve runs/teacher_study [--out results/study]
+    python -m benchmarks.learning_curve runs/teacher_study --continued runs/study_teacher_plateau --out results/study
 
 The validation crops are few (8 Rain100L/H crops swing by 1-3 dB between validations), so with ``--records``
 (``results/runs``) the verdict at each restart comes from the runs' records instead: a link's record against the
@@ -21,7 +21,10 @@ synthetic sets), the mean gain with its paired bootstrap 95% interval; plateau w
 tolerance on every set. The crop checks stay in ``plateau.json`` (``validation_plateau_at``) beside it.
 
     python -m benchmarks.learning_curve runs/teacher_study --continued runs/study_teacher_plateau \
-        --records results/runs --out results/teacher_study
+        --records results/runs --out results/study
+
+``--out`` is refused when it holds a training run other than ``run`` (the joined curve would replace that run's
+own curve.json), and a run whose curve.json does not end at its summary's last step is refused as not its own.
 """
 
 from __future__ import annotations
@@ -112,6 +115,40 @@ def projection(links: list[dict], chain_steps: int, tolerance: float = 0.1) -> d
             "why": "each set's gain shrinking by its last ratio per link (a guess from two links)"}  # fmt: skip
 
 
+class CurveError(SystemExit):
+    """A run's curve that is not its own, or an --out that would overwrite a training run's files."""
+
+
+def run_curve(run: Path) -> list[dict]:
+    """``run``'s own validation curve. With the run's ``summary.json`` beside it, the curve must end at the run's
+    last step: a longer one is a joined chain's curve copied over the run's own (what ``--out <a run>`` did to
+    results/teacher_study before this check), which would shift every restart and the chain's step count."""
+    path = run / "curve.json"
+    if not path.is_file():
+        raise CurveError(f"{path}: not found; give a training run's folder (its curve.json is written at every "
+                         "validation)")  # fmt: skip
+    points = json.loads(path.read_text())
+    summary = run / "summary.json"
+    steps = json.loads(summary.read_text()).get("steps") if summary.is_file() else None
+    if not points:
+        raise CurveError(f"{path}: no validation points; train the run past its first eval_every")
+    if steps is not None and points[-1]["step"] != steps:
+        raise CurveError(f"{path} ends at step {points[-1]['step']}, but its run trained {steps} steps "
+                         f"({summary}): it is not this run's own curve (a joined curve written over it?); restore "
+                         "the run's own curve.json (git history) before joining")  # fmt: skip
+    return points
+
+
+def check_out(out: Path, run: Path) -> None:
+    """The joined curve, plot and verdict go to a folder of their own: never over a training run's files."""
+    if out.resolve() == run.resolve():
+        return  # into the base run's own folder: the plot and verdict beside its curve, which is never rewritten
+    held = [name for name in ("state", "final", "summary.json") if (out / name).exists()]
+    if held:
+        raise CurveError(f"--out {out}: holds a training run ({', '.join(held)}); its curve.json would be replaced "
+                         "by the joined curve. Write to a folder of its own (benchmarks/study.sh: results/study)")
+
+
 def read_record(records: Path, run: str) -> dict:
     path = records / f"{run}.json"
     if not path.is_file():
@@ -129,7 +166,8 @@ def continued(points: list[dict], more: list[dict]) -> list[dict]:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("run", type=Path)
-    parser.add_argument("--out", type=Path, help="folder for curve.json, curve.png and plateau.json (default: run)")
+    parser.add_argument("--out", type=Path,
+                        help="folder for curve.json, curve.png and plateau.json (default: run), not another run's")
     parser.add_argument("--tolerance", type=float, default=0.1)
     parser.add_argument("--continued", type=Path, action="append", default=[],
                         help="a run that trained the previous run's final model on (repeat for a chain)")  # fmt: skip
@@ -143,12 +181,13 @@ def main(argv=None) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    points = json.loads((args.run / "curve.json").read_text())
+    out = args.out or args.run
+    check_out(out, args.run)
+    points = run_curve(args.run)
     restarts = []
     for run in args.continued:
         restarts.append(points[-1]["step"])
-        points = continued(points, json.loads((run / "curve.json").read_text()))
-    out = args.out or args.run
+        points = continued(points, run_curve(run))
     verdict = plateau(points, args.tolerance, tuple(restarts))
     # the run whose final model is the plateau (a segment's end; a run alone: itself), and the most trained one
     runs = [args.run, *args.continued]
@@ -171,19 +210,19 @@ def main(argv=None) -> None:
         ax.plot([p["step"] for p in points], [p["val"][name]["psnr_y_db"] for p in points], marker="o", label=name)
     for restart, run in zip(restarts, args.continued):
         ax.axvline(restart, color="grey", ls="--", lw=1)
-        ax.annotate(f"{run.name} from here", (restart, ax.get_ylim()[0]), fontsize=7, color="grey",
-                    xytext=(3, 3), textcoords="offset points")  # fmt: skip
+        ax.annotate(f"{run.name} from here", (restart, ax.get_ylim()[0]), fontsize=7, color="grey", rotation=90,
+                    xytext=(3, 3), textcoords="offset points", va="bottom")  # vertical: restarts never overlap
     ax.set_xlabel("training step")
     ax.set_ylabel("PSNR (Y, dB), validation crops")
     judge = " (all test images)" if args.records is not None else ""
     state = f"plateau at step {verdict['plateau_at']}{judge}" if verdict["plateau_at"] else f"no plateau yet{judge}"
-    ax.set_title(f"{args.run.name}: {len(points)} validations, last at step {points[-1]['step']}; {state}")
+    ax.set_title(f"{args.run.name}: {len(points)} validations, last at step {points[-1]['step']}\n{state}", fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "curve.png", lambda p: fig.savefig(p, dpi=110, format="png"))
-    if out != args.run:
+    if out.resolve() != args.run.resolve():
         write_json(out / "curve.json", points)
     write_json(out / "plateau.json", verdict)
     print(json.dumps({k: v for k, v in verdict.items() if k not in ("checks", "records", "projection")}),

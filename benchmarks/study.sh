@@ -48,11 +48,11 @@ for link in $CHAIN; do record "$link:100"; done
 # the verdict at each restart: the link's record against the previous one's over every test image (the curve's
 # 8 Rain100 crops are too few to tell 0.1 dB); the crop checks are kept beside it
 python -m benchmarks.learning_curve runs/teacher_study $(printf -- '--continued runs/%s ' $CHAIN) \
-    --records results/runs --out results/teacher_study
-verdict() { python -c "import json; print(json.load(open('results/teacher_study/plateau.json'))['$1'] or '')"; }
+    --records results/runs --out results/study
+verdict() { python -c "import json; print(json.load(open('results/study/plateau.json'))['$1'] or '')"; }
 TEACHER=$(verdict plateau_run)
 if [ -z "$TEACHER" ]; then
-    echo "study.sh: the teacher has not plateaued (results/teacher_study/plateau.json): 50% more steps still gain" \
+    echo "study.sh: the teacher has not plateaued (results/study/plateau.json): 50% more steps still gain" \
          ">= 0.1 dB on some set; append a plateau run to CHAIN before the students (or PLATEAU_ANYWAY=1)" >&2
     [ "${PLATEAU_ANYWAY:-0}" = 1 ] || exit 1
     TEACHER=$(verdict last_run)
@@ -77,6 +77,6 @@ printf '%s\n' $STUDY | xargs -P "$JOBS" -I{} bash -c 'student {}'
 # which unit families are cheapest before any training: each study_prune75_* student as it comes out of pruning
 # (its record says after training), every image
 python -m benchmarks.unit_sensitivity "runs/$TEACHER/final" --recipes recipes/study_prune75_*.yaml --limit 100 \
-    --out results/teacher_study
+    --out results/study
 OMP_NUM_THREADS=2 python -m benchmarks.study_latency --deployed openvino:fp32
 python -m compress.plots

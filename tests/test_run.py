@@ -497,3 +497,38 @@ def test_study_state_restores_without_overwriting_and_never_saves_backwards(tmp_
     assert json.loads((results / "teacher_study" / "state" / "progress.json").read_text())["note"] == "committed"
     assert json.loads((results / "study_teacher_plateau2" / "state" / "progress.json").read_text())["step"] == 2600
     assert study_state("push").returncode == 2
+
+
+def test_study_state_carries_students_resumable_while_training_and_final_once_done(tmp_path):
+    """The study's students span sessions too: a student still training is saved with its state (to resume it),
+    a finished one with only its final model (what study_latency times), under results/study_students/; both come
+    back by restore, and the teacher chain stays in results/<run>/."""
+    script = ROOT / "benchmarks" / "study_state.sh"
+
+    def study_state(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", str(script), *args], cwd=tmp_path, capture_output=True, text=True)
+
+    runs, saved = tmp_path / "runs", tmp_path / "results" / "study_students"
+    training, done = runs / "study_prune50_distill", runs / "study_scratch50_seed101"
+    for folder, step in ((training, 300), (done, 1000), (runs / "teacher_study", 8000)):
+        (folder / "state").mkdir(parents=True)
+        (folder / "state" / "progress.json").write_text(json.dumps({"step": step}))
+        (folder / "curve.json").write_text(json.dumps([{"step": step}]))
+    (done / "final").mkdir()
+    (done / "final" / "model.safetensors").write_bytes(b"weights")
+    (done / "summary.json").write_text("{}")
+    result = study_state("save")
+    assert result.returncode == 0, result.stderr
+    assert (saved / "study_prune50_distill" / "state" / "progress.json").is_file()
+    assert (saved / "study_scratch50_seed101" / "final" / "model.safetensors").read_bytes() == b"weights"
+    assert not (saved / "study_scratch50_seed101" / "state").exists()  # finished: its record holds the rest
+    assert (tmp_path / "results" / "teacher_study" / "state").is_dir() and not (saved / "teacher_study").exists()
+    (training / "state" / "progress.json").write_text(json.dumps({"step": 200}))
+    result = study_state("save")
+    assert result.returncode == 1 and "runs/study_prune50_distill is at step 200, behind" in result.stderr
+    shutil.rmtree(runs)
+    result = study_state("restore")
+    assert result.returncode == 0, result.stderr
+    assert json.loads((training / "state" / "progress.json").read_text())["step"] == 300
+    assert (done / "final" / "model.safetensors").read_bytes() == b"weights"
+    assert (runs / "teacher_study" / "state").is_dir()

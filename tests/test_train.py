@@ -274,6 +274,39 @@ def test_learning_curve_records_decide_the_plateau_over_every_test_image(tmp_pat
     assert "projection: none: one link: no trend yet" in capsys.readouterr().out  # says so, not "None steps"
 
 
+def test_learning_curve_never_writes_over_a_run_and_refuses_a_curve_that_is_not_the_runs_own(tmp_path):
+    """The joined curve once went to results/teacher_study (a saved run): restored, the teacher's curve ran to the
+    chain's end and the next join counted every link twice (restarts at 12000 and 16000, not 8000 and 12000).
+    Both are refused before anything is written: an --out holding another run, and a curve that outruns its run's
+    summary; a run alone still plots into its own folder, its curve untouched."""
+    from benchmarks.learning_curve import CurveError, main
+
+    def point(step, a):
+        return {"step": step, "val": {"a": {"psnr_y_db": a}}}
+
+    for name, points, steps in (("base", [point(1000, 20.0), point(2000, 21.0)], 2000),
+                                ("more", [point(500, 21.1), point(1000, 21.3)], 1000)):  # fmt: skip
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "curve.json").write_text(json.dumps(points))
+        (tmp_path / name / "summary.json").write_text(json.dumps({"steps": steps}))
+    base, more = tmp_path / "base", tmp_path / "more"
+    own = (base / "curve.json").read_text()
+    with pytest.raises(CurveError, match=r"--out .*base: holds a training run \(summary.json\)"):
+        main([str(more), "--out", str(base)])
+    with pytest.raises(CurveError, match="holds a training run"):
+        main([str(base), "--continued", str(more), "--out", str(base / ".." / "more")])  # the same folder, spelt apart
+    assert (base / "curve.json").read_text() == own and not (base / "plateau.json").exists()
+    main([str(base), "--continued", str(more), "--out", str(tmp_path / "chain")])
+    assert json.loads((tmp_path / "chain" / "plateau.json").read_text())["restarts"] == [2000]
+    (base / "curve.json").write_text((tmp_path / "chain" / "curve.json").read_text())  # the joined curve over it
+    with pytest.raises(CurveError, match=r"base/curve.json ends at step 3000, but its run trained 2000 steps"):
+        main([str(base), "--continued", str(more), "--out", str(tmp_path / "again")])
+    assert not (tmp_path / "again").exists()
+    (base / "curve.json").write_text(own)
+    main([str(base)])  # a run alone: plot and verdict beside its curve, which stays its own
+    assert (base / "curve.json").read_text() == own and (base / "plateau.json").is_file()
+
+
 def test_plateau_projection_from_the_records_gains_link_by_link():
     """Without a plateau, the records' last two links say how many more the trend needs: a set gaining 0.6 then
     0.4 dB (ratio 2/3) falls under 0.1 dB after 4 more links (0.4 x (2/3)^4 = 0.079, ^3 = 0.119); a set already
