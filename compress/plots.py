@@ -6,7 +6,8 @@ Repeats of a recipe (``<name>_seed<N>``) are one point in the plots: the mean ov
 the lowest to the highest seed; the summary lists every run and then the mean per recipe. Latency comes
 from the records unless ``results/bench/study_latency.json`` (``python -m benchmarks.study_latency``) holds
 a side-by-side measurement of the run, which then wins: latencies taken by separate runs on a shared
-machine drift more than the differences between students.
+machine drift more than the differences between students. With ``results/study/plateau.json`` (the study
+teacher's learning-curve verdict) the summary says first whether the students' teacher is at its plateau.
 """
 
 from __future__ import annotations
@@ -326,6 +327,36 @@ def pareto_plot(records: list[dict], x_key: str, x_label: str, test_set: str, ou
     return out
 
 
+def plateau_note(path: Path) -> str | None:
+    """What ``benchmarks.learning_curve --records`` decided of the study teacher (``path``: its plateau.json), for
+    the summary's head: which run is the teacher, after how many steps, and, without a plateau, the last link's gain
+    per set with its interval, so that no student's difference to it is read as one to a converged teacher."""
+    if not path.is_file():
+        return None
+    verdict = json.loads(path.read_text())
+    links = verdict.get("records") or []
+
+    def gains(link: dict) -> str:
+        return ", ".join(f"{name} {v['gain_db']:+.3f} [{v['ci95_db'][0]:+.3f}, {v['ci95_db'][1]:+.3f}]"
+                         for name, v in link["sets"].items())  # fmt: skip
+
+    tolerance = verdict["tolerance_db"]
+    if verdict.get("plateau_run"):
+        run = verdict["plateau_run"]
+        passed = next((link for link in links if link["from_run"] == run), None)
+        detail = f": 50% more steps gained under {tolerance} dB on every set ({gains(passed)} dB)" if passed else ""
+        return f"Study teacher: `{run}`, at its plateau (step {verdict['plateau_at']}){detail} (`{path}`)."
+    still = ""
+    if links:
+        last = links[-1]
+        gaining = [name for name, v in last["sets"].items() if v["gain_db"] >= tolerance]
+        still = (f": its last 50% more steps (`{last['to_run']}` over `{last['from_run']}`) still gained "
+                 f"{gains(last)} dB, at least {tolerance} dB on {', '.join(gaining)}")  # fmt: skip
+    return (f"Study teacher: `{verdict['last_run']}` after {verdict['last_step']} steps, **not at its plateau**{still} "
+            f"(`{path}`). Differences to it on a set still gaining are to a teacher that more training would "
+            "improve; the `control` runs (the teacher trained for the students' steps) are the fairer reference.")
+
+
 def regenerate(results: Path = RESULTS) -> list[Path]:
     """Rewrite ``summary.md`` and ``pareto_<x>_<set>.png`` in ``results`` from ``results/runs``."""
     records = read_records(results / "runs")
@@ -335,6 +366,10 @@ def regenerate(results: Path = RESULTS) -> list[Path]:
     latency_note = side_by_side_latency(records, results / "bench" / "study_latency.json")
     diffs = differences(records)
     text = summary_markdown(records, latency_note, diffs)
+    teacher = plateau_note(results / "study" / "plateau.json")  # the study's teacher verdict, where there is one
+    if teacher:
+        head, rest = text.split("\n\n", 2)[:2], text.split("\n\n", 2)[2]
+        text = "\n\n".join([*head, teacher, rest])
     atomic_write(written[0], lambda p: Path(p).write_text(text))
     sets = sorted({name for r in records for name, row in r.get("sets", {}).items() if "psnr_y_db" in row})
     for test_set in sets:

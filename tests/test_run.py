@@ -292,6 +292,25 @@ def test_records_make_a_summary_and_pareto_plots(tmp_path):
     table = (tmp_path / "summary.md").read_text()
     assert "| a | 100,101 | 2.500 | 8 |" in table and "latency: side by side" in table
     assert "deployed: openvino:fp32" in table and "pareto_deployed_ms_rain100L.png" in names
+    (tmp_path / "study").mkdir()  # the study teacher's verdict: said before the tables, with the gains still made
+    link = {"from_run": "teacher_x", "to_run": "teacher_x2", "at_step": 800, "plateau": False,
+            "sets": {"rain100L": {"images": 100, "gain_db": 0.04, "ci95_db": [-0.06, 0.14]},
+                     "synthetic": {"images": 18, "gain_db": 0.5, "ci95_db": [0.38, 0.64]}}}  # fmt: skip
+    verdict = {"tolerance_db": 0.1, "plateau_at": None, "plateau_run": None, "last_run": "teacher_x2",
+               "last_step": 1200, "records": [link]}  # fmt: skip
+    (tmp_path / "study" / "plateau.json").write_text(json.dumps(verdict))
+    regenerate(tmp_path)
+    table = (tmp_path / "summary.md").read_text()
+    note = ("Study teacher: `teacher_x2` after 1200 steps, **not at its plateau**: its last 50% more steps "
+            "(`teacher_x2` over `teacher_x`) still gained rain100L +0.040 [-0.060, +0.140], synthetic +0.500 [+0.380, "
+            "+0.640] dB, at least 0.1 dB on synthetic")  # fmt: skip
+    assert note in table and table.index(note) < table.index("| run | role |")
+    (tmp_path / "study" / "plateau.json").write_text(json.dumps(
+        dict(verdict, plateau_at=800, plateau_run="teacher_x",
+             records=[dict(link, plateau=True, sets={"rain100L": link["sets"]["rain100L"]})])))  # fmt: skip
+    regenerate(tmp_path)
+    assert "Study teacher: `teacher_x`, at its plateau (step 800): 50% more steps gained under 0.1 dB on every set " \
+           "(rain100L +0.040 [-0.060, +0.140] dB)" in (tmp_path / "summary.md").read_text()
     (runs / "broken.json").write_text("{")
     with pytest.raises(ValueError, match="broken.json: not a valid run record"):
         regenerate(tmp_path)
