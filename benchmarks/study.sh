@@ -31,8 +31,11 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$((JOBS > 1 ? 1 : 2))}
 # curves joined. CHAIN lists the plateau runs in order: when one still gains, its final model is the next
 # candidate, and a recipe that trains it 50% more again (teacher.recipe: the previous link) is appended. The
 # study teacher is the link whose test passed; the students wait for it (PLATEAU_ANYWAY=1: the last link).
-# The second and third links are ready: CHAIN="study_teacher_plateau study_teacher_plateau2 study_teacher_plateau3".
-CHAIN=${CHAIN:-study_teacher_plateau}
+# Both links so far have run (results/study/plateau.json: Rain100L/H flat after the second, McMaster18 still
+# gaining, about 674k more steps projected); session 14 started the students on the second link's model:
+#   JOBS=2 PLATEAU_ANYWAY=1 benchmarks/study.sh
+# The third link is ready: CHAIN="study_teacher_plateau study_teacher_plateau2 study_teacher_plateau3".
+CHAIN=${CHAIN:-study_teacher_plateau study_teacher_plateau2}
 record() {  # recipe:seed [run.py args] -> results/runs/<stem>.json, unless it exists; an interrupted run resumes
     local recipe=${1%:*} seed=${1#*:} stem=${1%:*}
     [ "$seed" = 100 ] || stem=${recipe}_seed$seed
