@@ -4,8 +4,9 @@
 #   benchmarks/study_state.sh save [RUN...]     # runs/<run>/ -> its saved copy; refused if it would go backwards
 # The teacher chain (teacher_study and every study_teacher_plateau* link) is saved whole into results/<run>/:
 # state/, best/, final/, curve.json, summary.json (whichever exist). A student (any other runs/study_* run) goes to
-# results/study_students/<run>/: while it trains its state/, best/ and curve.json (to resume it), once finished only
-# final/, summary.json and curve.json (what benchmarks/study_latency needs; its record is in results/runs/).
+# results/study_students/<run>/: the same until its record results/runs/<run>.json exists (so that it resumes,
+# into its evaluation if it finished training), then only final/, summary.json and curve.json (what
+# benchmarks/study_latency needs).
 # RUN defaults to all of them. An interrupted run saved at a checkpoint resumes exactly:
 # `python compress/run.py recipes/<run>.yaml --set seed=100 --resume` (benchmarks/study.sh restores and resumes).
 set -euo pipefail
@@ -27,10 +28,10 @@ replace() {  # copy $1 to $2 through $2.partial, so that an interrupted copy nev
 }
 step() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['step'])" "$1/state/progress.json" 2>/dev/null \
          || echo -1; }
+recorded() { ! chain "$1" && [ -f "results/runs/$1.json" ]; }  # a student whose record is made: done
 items() {  # what of runs/$1 is saved
-    if chain "$1"; then echo state best final curve.json summary.json
-    elif [ -d "runs/$1/final" ]; then echo final summary.json curve.json
-    else echo state best curve.json; fi
+    if recorded "$1"; then echo final summary.json curve.json
+    else echo state best final curve.json summary.json; fi  # trained but not scored: resumes into its evaluation
 }
 case $action in
 restore)
@@ -59,7 +60,7 @@ save)
         for item in $(items "$run"); do
             if [ -e "runs/$run/$item" ]; then replace "runs/$run/$item" "$saved/$item"; fi
         done
-        chain "$run" || [ ! -d "runs/$run/final" ] || rm -rf "$saved/state" "$saved/best"  # finished: no resume
+        if recorded "$run"; then rm -rf "$saved/state" "$saved/best"; fi  # nothing left to resume
         echo "study_state: saved $saved (step $now)"
     done ;;
 *) usage ;;

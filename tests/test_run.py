@@ -519,9 +519,9 @@ def test_study_state_restores_without_overwriting_and_never_saves_backwards(tmp_
 
 
 def test_study_state_carries_students_resumable_while_training_and_final_once_done(tmp_path):
-    """The study's students span sessions too: a student still training is saved with its state (to resume it),
-    a finished one with only its final model (what study_latency times), under results/study_students/; both come
-    back by restore, and the teacher chain stays in results/<run>/."""
+    """The study's students span sessions too: a student not yet recorded is saved with its state (to resume it,
+    into its evaluation if it finished training), a recorded one with only its final model (what study_latency
+    times), under results/study_students/; both come back by restore, and the teacher chain stays in results/."""
     script = ROOT / "benchmarks" / "study_state.sh"
 
     def study_state(*args: str) -> subprocess.CompletedProcess:
@@ -540,7 +540,12 @@ def test_study_state_carries_students_resumable_while_training_and_final_once_do
     assert result.returncode == 0, result.stderr
     assert (saved / "study_prune50_distill" / "state" / "progress.json").is_file()
     assert (saved / "study_scratch50_seed101" / "final" / "model.safetensors").read_bytes() == b"weights"
-    assert not (saved / "study_scratch50_seed101" / "state").exists()  # finished: its record holds the rest
+    assert (saved / "study_scratch50_seed101" / "state").is_dir()  # trained, not yet scored: resumes into its record
+    (tmp_path / "results" / "runs").mkdir()
+    (tmp_path / "results" / "runs" / "study_scratch50_seed101.json").write_text("{}")
+    assert study_state("save").returncode == 0
+    assert not (saved / "study_scratch50_seed101" / "state").exists()  # recorded: nothing left to resume
+    assert (saved / "study_scratch50_seed101" / "final" / "model.safetensors").read_bytes() == b"weights"
     assert (tmp_path / "results" / "teacher_study" / "state").is_dir() and not (saved / "teacher_study").exists()
     (training / "state" / "progress.json").write_text(json.dumps({"step": 200}))
     result = study_state("save")
