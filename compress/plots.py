@@ -149,6 +149,15 @@ def _teacher_of(group: dict) -> str:
     return path.parent.name if path.name == "final" else ""  # compress.train.FINAL (importing it loads accelerate)
 
 
+def students_teachers(records: list[dict]) -> set[str]:
+    """The stems the plots star: the teachers that students (not controls) learned from, such as a plateau link
+    the study's students were distilled from; without such students, every teacher record."""
+    groups = group_by_recipe(records)
+    stems = {g["stem"] for g in groups}
+    named = {_teacher_of(g) for g in groups if g["role"] == "student" and not g["runs"][0]["recipe"].get("control")}
+    return (named & stems) or {g["stem"] for g in groups if g["role"] == "teacher"}
+
+
 def differences(records: list[dict]) -> list[dict]:
     """Each student's PSNR minus its teacher's (a teacher recipe's record, or that of any run whose final model a
     student names as its teacher), minus every control's of the same teacher (``control: true`` recipes) and
@@ -300,14 +309,17 @@ def pareto_plot(records: list[dict], x_key: str, x_label: str, test_set: str, ou
     points = [(g[x_key], y) for g, y in rows]
     front = pareto_front(points)
     labels = []
+    stars = students_teachers(records)
     for (g, y), (x, _) in zip(rows, points):
-        teacher, control = g["role"] == "teacher", bool(g["runs"][0]["recipe"].get("control"))
-        marker, color = ("*", "C3") if teacher else (("s", "C2") if control else ("o", "C0"))
-        ax.scatter(x, y, marker=marker, s=140 if teacher else 36, color=color, zorder=3)
+        teacher, control = g["stem"] in stars, bool(g["runs"][0]["recipe"].get("control"))
+        earlier = g["role"] == "teacher" and not teacher  # trained from scratch, but not what the students learned from
+        marker, color = ("*", "C3") if teacher or earlier else (("s", "C2") if control else ("o", "C0"))
+        ax.scatter(x, y, marker=marker, s=140 if teacher or earlier else 36, zorder=3,
+                   **({"facecolors": "none", "edgecolors": color} if earlier else {"color": color}))  # fmt: skip
         low, high = g["sets"][test_set]["psnr_range"]
         if high > low:
             ax.plot([x, x], [low, high], color="C0", lw=3, alpha=0.35, zorder=2)
-        interval = intervals.get(g["stem"])
+        interval = None if teacher else intervals.get(g["stem"])  # a star is the reference, not a point measured
         if interval is not None:
             ax.errorbar(x, y, yerr=[[y - interval[0]], [interval[1] - y]], fmt="none", ecolor=color, elinewidth=0.8,
                         capsize=3, zorder=2)  # fmt: skip
@@ -317,9 +329,11 @@ def pareto_plot(records: list[dict], x_key: str, x_label: str, test_set: str, ou
     ax.set_xlabel(x_label)
     ax.set_ylabel(f"{test_set} PSNR (Y, dB)")
     # the key is in the title, not a legend box that could cover a point
-    ax.set_title(f"{test_set}: PSNR vs {x_label}\nteacher = star, controls = squares, dashed = Pareto front, shaded "
-                 "bars = range over seeds,\ncaps = 95% interval of the difference to the teacher (paired bootstrap "
-                 "over images)", fontsize=8)  # fmt: skip
+    hollow = " (hollow: a teacher they did not learn from)" if any(
+        g["role"] == "teacher" and g["stem"] not in stars for g, _ in rows) else ""
+    ax.set_title(f"{test_set}: PSNR vs {x_label}\nstar = the students' teacher{hollow}, squares = controls,\n"
+                 "dashed = Pareto front, shaded bars = range over seeds, caps = 95% interval of the\ndifference to "
+                 "the point's teacher (paired bootstrap over images)", fontsize=8)  # fmt: skip
     ax.grid(alpha=0.3)
     fig.tight_layout()
     atomic_write(out, lambda p: fig.savefig(p, dpi=110, format="png"))

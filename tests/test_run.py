@@ -478,6 +478,26 @@ def test_summary_checks_each_recipes_targets_by_mean_and_interval():
     assert "| s | +0.50 dB vs scratch | rain100L | +0.300 [+0.300, +0.300] | missed by 0.200 dB |" in table
 
 
+def test_plots_star_the_teacher_the_students_learned_from():
+    """The study's students learn from a plateau link (a control trained on from the scratch-trained teacher): the
+    link is the star the plots compare them with, the scratch-trained teacher a hollow one; without students (or
+    with controls only) every teacher record is the star."""
+    from compress.plots import students_teachers
+
+    def record(stem, role, teacher=None, control=False):
+        return {"stem": stem, "role": role, "gmacs_256": 1.0, "params_m": 1.0, "latency_ms": 1.0,
+                "train": {"steps": 1}, "sets": {},
+                "recipe": {"seed": 100, "name": stem, "control": control,
+                           "teacher": {"recipe": f"recipes/{teacher}.yaml"} if teacher else None}}  # fmt: skip
+
+    chain = [record("teacher_s", "teacher"), record("link1", "student", "teacher_s", control=True),
+             record("link2", "student", "link1", control=True)]  # fmt: skip
+    assert students_teachers(chain) == {"teacher_s"}  # controls only: the teacher record
+    students = chain + [record("p50", "student", "link2"), record("cont", "student", "link2", control=True)]
+    assert students_teachers(students) == {"link2"}
+    assert students_teachers(students + [record("p50_old", "student", "gone")]) == {"link2"}  # no record: no star
+
+
 def test_study_state_restores_without_overwriting_and_never_saves_backwards(tmp_path):
     """benchmarks/study_state.sh carries the teacher chain's runs across sessions: restore copies results/<run>/
     into runs/ only where runs/<run>/ is missing; save copies a run's checkpoint back, and refuses one behind the
