@@ -6,7 +6,8 @@
 # budget). Each record scores
 # all 100 + 100 Rain100L/H images and McMaster18's held-out synthetic rain, per image, into results/runs/; then the
 # latency of every final model side by side, eager and deployed (OpenVINO), results/summary.md (differences to the
-# teacher and to every control with paired bootstrap intervals) and the Pareto plots.
+# teacher and to every control with paired bootstrap intervals), the Pareto plots and results/study/answers.md (the
+# issue's questions, each from the records so far: `python -m benchmarks.study_answers` after any session).
 #   benchmarks/study.sh                   # everything, one run at a time
 #   JOBS=2 benchmarks/study.sh            # two runs at once, one thread each
 #   STUDY="study_prune50_distill:100" benchmarks/study.sh
@@ -83,3 +84,4 @@ python -m benchmarks.unit_sensitivity "runs/$TEACHER/final" --recipes recipes/st
     --out results/study
 OMP_NUM_THREADS=2 python -m benchmarks.study_latency --deployed openvino:fp32
 python -m compress.plots
+python -m benchmarks.study_answers  # results/study/answers.md: the issue's questions, from the records

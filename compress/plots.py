@@ -164,8 +164,6 @@ def differences(records: list[dict]) -> list[dict]:
     minus that of every recipe it names in ``compare`` or in a target, per set, with a paired bootstrap 95%
     interval over the images both scored (records with per-image rows; a recipe's seeds averaged per image
     first); an interval that contains 0 cannot be told from zero."""
-    from compress.results import paired_bootstrap
-
     groups = group_by_recipe(records)
     by_stem = {g["stem"]: g for g in groups}
     named = {_teacher_of(g) for g in groups}  # a run's final model that students were distilled from is a teacher
@@ -183,23 +181,37 @@ def differences(records: list[dict]) -> list[dict]:
         references += [by_stem[n] for n in dict.fromkeys(wanted) if n in by_stem and n not in known]
         for ref in references:
             for name in sorted(g["sets"]):
-                ours, theirs = _per_image_psnr(g["runs"], name), _per_image_psnr(ref["runs"], name)
-                common = sorted(set(ours) & set(theirs))
-                if not common:
-                    continue
-                mean, lo, hi = paired_bootstrap([ours[n] for n in common], [theirs[n] for n in common])
-                out.append({"student": g["stem"], "reference": ref["stem"], "teacher": ref is teachers[teacher],
-                            "set": name, "images": len(common), "seeds": (len(g["seeds"]), len(ref["seeds"])),
-                            "mean": mean, "lo": lo, "hi": hi})  # fmt: skip
+                d = pair_difference(g, ref, name)
+                if d is not None:
+                    out.append({**d, "teacher": ref is teachers[teacher]})
     return out
+
+
+def pair_difference(group: dict, reference: dict, test_set: str) -> dict | None:
+    """``group``'s PSNR minus ``reference``'s on ``test_set`` (recipes from ``group_by_recipe``): the mean over the
+    images both scored, each recipe's seeds averaged per image, with its paired bootstrap 95% interval; None when
+    they share no scored image."""
+    from compress.results import paired_bootstrap
+
+    ours, theirs = _per_image_psnr(group["runs"], test_set), _per_image_psnr(reference["runs"], test_set)
+    common = sorted(set(ours) & set(theirs))
+    if not common:
+        return None
+    mean, lo, hi = paired_bootstrap([ours[n] for n in common], [theirs[n] for n in common])
+    return {"student": group["stem"], "reference": reference["stem"], "set": test_set, "images": len(common),
+            "seeds": (len(group["seeds"]), len(reference["seeds"])), "mean": mean, "lo": lo, "hi": hi}  # fmt: skip
+
+
+def interval_verdict(d: dict) -> str:
+    """Whether a difference's 95% interval lies above 0, below it, or contains it."""
+    return "cannot be told from 0" if d["lo"] <= 0 <= d["hi"] else ("above" if d["lo"] > 0 else "below")
 
 
 def _differences_table(diffs: list[dict]) -> list[str]:
     rows = []
     for d in diffs:
-        verdict = "cannot be told from 0" if d["lo"] <= 0 <= d["hi"] else ("above" if d["lo"] > 0 else "below")
         cells = [d["student"], d["reference"], d["set"], str(d["images"]), "{}/{}".format(*d["seeds"]),
-                 f"{d['mean']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]", verdict]  # fmt: skip
+                 f"{d['mean']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]", interval_verdict(d)]  # fmt: skip
         rows.append("| " + " | ".join(cells) + " |")
     if not rows:
         return []

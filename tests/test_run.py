@@ -576,3 +576,54 @@ def test_study_state_carries_students_resumable_while_training_and_final_once_do
     assert json.loads((training / "state" / "progress.json").read_text())["step"] == 300
     assert (done / "final" / "model.safetensors").read_bytes() == b"weights"
     assert (runs / "teacher_study" / "state").is_dir()
+
+
+def test_study_answers_group_the_differences_by_question_and_name_what_is_missing(tmp_path):
+    """benchmarks/study_answers: each question's comparisons from the records there are, the teacher resolved to
+    the record the students learned from, the issue's targets judged by mean and interval, a comparison without
+    its records named as not run yet, and real-rain NIQE judged against the seed spread of the 50% student."""
+    from benchmarks.study_answers import main
+
+    def record(stem, seed=100, shift=0.0, teacher="study_teacher_x", niqe=None, control=False, role="student"):
+        rows = [{"name": f"{i}.png", "psnr_y_db": 30.0 + 0.1 * i + shift + 0.05 * (-1) ** i} for i in range(20)]
+        sets = {"rain100L": {"psnr_y_db": fmean_psnr(rows), "ssim_y": 0.9, "per_image": rows}}
+        if niqe is not None:
+            sets["sirr147"] = {"niqe": niqe, "brisque": 20.0 + niqe, "per_image": []}
+        name = stem.split("_seed")[0]
+        return {"stem": stem, "role": role, "gmacs_256": 1.0, "params_m": 1.0, "latency_ms": 1.0,
+                "train": {"steps": 10}, "sets": sets,
+                "recipe": {"seed": seed, "name": name, "control": control,
+                           "teacher": {"recipe": f"recipes/{teacher}.yaml"} if teacher else None}}  # fmt: skip
+
+    def fmean_psnr(rows):
+        return sum(r["psnr_y_db"] for r in rows) / len(rows)
+
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    records = [record("study_teacher_x", teacher=None, role="teacher"),
+               record("study_prune50_distill", shift=-0.1, niqe=4.0),
+               record("study_prune50_distill_seed101", seed=101, shift=-0.12, niqe=4.2),
+               record("study_prune50_distill_seed102", seed=102, shift=-0.08, niqe=4.1),
+               record("study_prune50_outputkd", shift=-0.3),
+               record("study_prune50_realrain", shift=-0.1, niqe=3.5)]  # fmt: skip
+    for r in records:
+        (runs / f"{r['stem']}.json").write_text(json.dumps(r))
+    main(["--results", str(tmp_path)])
+    text = (tmp_path / "study" / "answers.md").read_text()
+    assert "| study_prune50_distill - study_teacher_x | rain100L | 20 | 3/1 | -0.100 [-0.100, -0.100] | below | " \
+           "-0.15 dB: met |" in text  # the three seeds averaged per image
+    assert "| study_prune50_distill - study_prune50_outputkd | rain100L | 20 | 3/1 | +0.200 [+0.200, +0.200] | " \
+           "above | - |" in text
+    missing = "| study_prune25_distill - study_teacher_x | - | - | - | - | not run yet: study_prune25_distill | - |"
+    assert missing in text
+    assert "| study_prune50_distill - study_scratch50 | - | - | - | - | not run yet: study_scratch50 | - |" in text
+    assert "| sirr147 | niqe | 3.500 | 4.100 [4.000, 4.200] (3 seeds) | outside the seed spread |" in text
+    assert "| sirr147 | brisque | 23.500 | 24.100 [24.000, 24.200] (3 seeds) | outside the seed spread |" in text
+    (runs / "study_prune50_distill_seed101.json").unlink()
+    (runs / "study_prune50_distill_seed102.json").unlink()
+    main(["--results", str(tmp_path)])
+    assert "no spread yet (1 seed of study_prune50_distill)" in (tmp_path / "study" / "answers.md").read_text()
+    shutil.rmtree(runs)
+    runs.mkdir()
+    with pytest.raises(SystemExit, match="no run records"):
+        main(["--results", str(tmp_path)])

@@ -1,0 +1,142 @@
+"""The second study's questions (issue 19), each answered from whatever records exist so far, into
+``results/study/answers.md``:
+
+    python -m benchmarks.study_answers [--results results]
+
+``results/summary.md`` lists every difference of every student; this groups them by question: each row is one
+comparison (a recipe's PSNR minus another's, the seeds of each averaged per image) on one test set, with its
+paired bootstrap 95% interval over images, whether the interval excludes 0, and the issue's target where it
+sets one. A comparison whose records are not there yet says which are missing, so the file can be regenerated
+after every session of a study that spans several. NIQE/BRISQUE (no ground truth) are compared with the spread
+over the seeds of the distilled 50% student, not with an interval.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from compress.plots import (
+    group_by_recipe,
+    interval_verdict,
+    pair_difference,
+    plateau_note,
+    students_teachers,
+    target_verdict,
+)
+from compress.results import RESULTS, read_records
+from drsformer.io import atomic_write
+
+TEACHER = "teacher"  # stands for the record the students learned from (compress.plots.students_teachers)
+CONTROL = "study_teacher_continued"
+P50, SCRATCH, LONG = "study_prune50_distill", "study_scratch50", "study_scratch50_long"
+# (question, [(recipe, reference, target dB or None)], note)
+QUESTIONS = [
+    ("How close are the students to the teacher at 50%, 33% and 25% of its MACs, and at 50% of its parameters?",
+     [(P50, TEACHER, -0.15), ("study_prune33_distill", TEACHER, None), ("study_prune25_distill", TEACHER, -0.5),
+      ("study_params50_distill", TEACHER, None)],
+     "Targets from the issue: within 0.15 dB at 50% of the MACs, within 0.5 dB at 25%."),
+    ("The same students against the control: the teacher trained on for the students' 1000 steps",
+     [(P50, CONTROL, None), ("study_prune33_distill", CONTROL, None), ("study_prune25_distill", CONTROL, None),
+      ("study_params50_distill", CONTROL, None), (CONTROL, TEACHER, None)],
+     "The last row is what 1000 more steps give the teacher itself: a student's gap to the teacher that this "
+     "control shares is training, not pruning."),
+    ("Feature vs output vs no distillation (50% of the MACs)",
+     [(P50, "study_prune50_outputkd", None), (P50, "study_prune50_finetune", None),
+      ("study_prune50_outputkd", "study_prune50_finetune", None)], None),
+    ("Pruned and distilled vs the same-size student trained from scratch, at equal and at full budget",
+     [(P50, SCRATCH, 0.5), (P50, LONG, None), (LONG, SCRATCH, None)],
+     f"Target from the issue: at least 0.5 dB above `{SCRATCH}` (equal steps). `{LONG}` trains the teacher's "
+     "steps plus a student's."),
+    ("Which unit families are cheapest: 75% of the MACs from one family alone, after training",
+     [("study_prune75_experts", "study_prune75_distill", None), ("study_prune75_depth", "study_prune75_distill", None),
+      ("study_prune75_width", "study_prune75_distill", None), ("study_prune75_distill", TEACHER, None),
+      ("study_prune75_experts", TEACHER, None), ("study_prune75_depth", TEACHER, None),
+      ("study_prune75_width", TEACHER, None)],
+     "Before training: `results/study/unit_sensitivity.json` (benchmarks.unit_sensitivity)."),
+    ("LoRA against full distillation (50% of the MACs)", [("study_prune50_lora", P50, None)], None),
+]  # fmt: skip
+REAL_RAIN = ("Does training on real unlabelled rain change NIQE / BRISQUE beyond the seed spread?",
+             "study_prune50_realrain", P50)  # fmt: skip
+
+
+def answer_rows(groups: dict[str, dict], rows: list[tuple], sets: list[str], teacher: str) -> list[str]:
+    """One row per comparison and test set; ``teacher``: the record that TEACHER stands for."""
+    lines = ["| comparison | set | images | seeds | difference [95% CI] | verdict | target |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for name, ref, target in rows:
+        ref_name = teacher if ref == TEACHER else ref
+        missing = [n for n in (name, ref_name) if n not in groups]
+        if missing:
+            lines.append(f"| {name} - {ref_name} | - | - | - | - | not run yet: {', '.join(missing)} | - |")
+            continue
+        for test_set in sets:
+            d = pair_difference(groups[name], groups[ref_name], test_set)
+            if d is None:
+                continue
+            verdict = target_verdict(target, d["mean"], d["lo"], d["hi"]) if target is not None else ""
+            goal = f"{target:+.2f} dB: {verdict}" if target is not None else "-"
+            lines.append(f"| {name} - {ref_name} | {test_set} | {d['images']} | {d['seeds'][0]}/{d['seeds'][1]} | "
+                         f"{d['mean']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}] | {interval_verdict(d)} | {goal} |")
+    return lines
+
+
+def real_rain_rows(groups: dict[str, dict], recipe: str, spread_of: str) -> list[str]:
+    """NIQE / BRISQUE of ``recipe`` beside the range over ``spread_of``'s seeds, per real-rain set."""
+    lines = ["| set | metric | " + recipe + " | " + spread_of + " (mean [range over seeds]) | verdict |",
+             "|---|---|---|---|---|"]  # fmt: skip
+    missing = [n for n in (recipe, spread_of) if n not in groups]
+    if missing:
+        return lines + [f"| - | - | - | - | not run yet: {', '.join(missing)} |"]
+    base, seeds = groups[spread_of], len(groups[spread_of]["seeds"])
+    for test_set, row in sorted(groups[recipe]["sets"].items()):
+        spread = base["sets"].get(test_set, {})
+        for metric in ("niqe", "brisque"):
+            if metric not in row or metric not in spread:
+                continue
+            low, high = spread[f"{metric}_range"]
+            value = row[metric]
+            if seeds < 2:
+                verdict = f"no spread yet ({seeds} seed of {spread_of})"
+            else:
+                verdict = "inside the seed spread" if low <= value <= high else "outside the seed spread"
+            lines.append(f"| {test_set} | {metric} | {value:.3f} | {spread[metric]:.3f} [{low:.3f}, {high:.3f}] "
+                         f"({seeds} seeds) | {verdict} |")
+    return lines
+
+
+def answers_markdown(records: list[dict], plateau: Path | None = None) -> str:
+    groups = {g["stem"]: g for g in group_by_recipe(records)}
+    stars = sorted(students_teachers(records))  # the teacher the students learned from
+    teacher = stars[0] if len(stars) == 1 else TEACHER
+    sets = sorted({name for r in records for name, row in r.get("sets", {}).items() if "psnr_y_db" in row})
+    out = ["# The study's questions, answered from the records so far", "",
+           "Generated by `python -m benchmarks.study_answers` from `results/runs/*.json`. Each difference is PSNR "
+           "(Y, dB) of the first recipe minus the second, averaged over each recipe's seeds per image, with a paired "
+           "bootstrap 95% interval over the images (`verdict`: whether it excludes 0).", ""]  # fmt: skip
+    note = plateau_note(plateau) if plateau is not None else None
+    if note:
+        out += [note, ""]
+    for question, rows, text in QUESTIONS:
+        out += [f"## {question}", "", *answer_rows(groups, rows, sets, teacher), *(["", text] if text else []), ""]
+    question, recipe, spread_of = REAL_RAIN
+    out += [f"## {question}", ""] + real_rain_rows(groups, recipe, spread_of) + [""]
+    return "\n".join(out)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--results", type=Path, default=RESULTS, help="holds runs/*.json; writes study/answers.md")
+    args = parser.parse_args(argv)
+    records = read_records(args.results / "runs")
+    if not records:
+        raise SystemExit(f"{args.results / 'runs'}: no run records; run benchmarks/study.sh first")
+    text = answers_markdown(records, args.results / "study" / "plateau.json")
+    out = args.results / "study" / "answers.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(out, lambda p: Path(p).write_text(text))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
