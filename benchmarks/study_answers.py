@@ -106,8 +106,9 @@ def real_rain_rows(groups: dict[str, dict], recipe: str, spread_of: str) -> list
 
 
 def answers_markdown(records: list[dict], plateau: Path | None = None) -> str:
-    groups = {g["stem"]: g for g in group_by_recipe(records)}
-    stars = sorted(students_teachers(records))  # the teacher the students learned from
+    recipes = group_by_recipe(records)
+    groups = {g["stem"]: g for g in recipes}
+    stars = sorted(students_teachers(recipes))  # the teacher the students learned from
     teacher = stars[0] if len(stars) == 1 else TEACHER
     sets = sorted({name for r in records for name, row in r.get("sets", {}).items() if "psnr_y_db" in row})
     out = ["# The study's questions, answered from the records so far", "",

@@ -482,7 +482,7 @@ def test_plots_star_the_teacher_the_students_learned_from():
     """The study's students learn from a plateau link (a control trained on from the scratch-trained teacher): the
     link is the star the plots compare them with, the scratch-trained teacher a hollow one; without students (or
     with controls only) every teacher record is the star."""
-    from compress.plots import students_teachers
+    from compress.plots import group_by_recipe, students_teachers
 
     def record(stem, role, teacher=None, control=False):
         return {"stem": stem, "role": role, "gmacs_256": 1.0, "params_m": 1.0, "latency_ms": 1.0,
@@ -492,10 +492,11 @@ def test_plots_star_the_teacher_the_students_learned_from():
 
     chain = [record("teacher_s", "teacher"), record("link1", "student", "teacher_s", control=True),
              record("link2", "student", "link1", control=True)]  # fmt: skip
-    assert students_teachers(chain) == {"teacher_s"}  # controls only: the teacher record
+    assert students_teachers(group_by_recipe(chain)) == {"teacher_s"}  # controls only: the teacher record
     students = chain + [record("p50", "student", "link2"), record("cont", "student", "link2", control=True)]
-    assert students_teachers(students) == {"link2"}
-    assert students_teachers(students + [record("p50_old", "student", "gone")]) == {"link2"}  # no record: no star
+    assert students_teachers(group_by_recipe(students)) == {"link2"}
+    orphan = record("p50_old", "student", "gone")  # its teacher has no record: no star
+    assert students_teachers(group_by_recipe(students + [orphan])) == {"link2"}
 
 
 def test_study_state_restores_without_overwriting_and_never_saves_backwards(tmp_path):
