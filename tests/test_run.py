@@ -583,21 +583,22 @@ def test_study_answers_group_the_differences_by_question_and_name_what_is_missin
     """benchmarks/study_answers: each question's comparisons from the records there are, the teacher resolved to
     the record the students learned from, the issue's targets judged by mean and interval, a comparison without
     its records named as not run yet, and real-rain NIQE judged against the seed spread of the 50% student."""
+    from statistics import fmean
+
     from benchmarks.study_answers import main
 
     def record(stem, seed=100, shift=0.0, teacher="study_teacher_x", niqe=None, control=False, role="student"):
         rows = [{"name": f"{i}.png", "psnr_y_db": 30.0 + 0.1 * i + shift + 0.05 * (-1) ** i} for i in range(20)]
-        sets = {"rain100L": {"psnr_y_db": fmean_psnr(rows), "ssim_y": 0.9, "per_image": rows}}
+        sets = {"rain100L": {"psnr_y_db": fmean(r["psnr_y_db"] for r in rows), "ssim_y": 0.9, "per_image": rows}}
         if niqe is not None:
             sets["sirr147"] = {"niqe": niqe, "brisque": 20.0 + niqe, "per_image": []}
         name = stem.split("_seed")[0]
         return {"stem": stem, "role": role, "gmacs_256": 1.0, "params_m": 1.0, "latency_ms": 1.0,
                 "train": {"steps": 10}, "sets": sets,
-                "recipe": {"seed": seed, "name": name, "control": control,
+                "recipe": {"seed": seed, "name": name, "control": control, "targets": targets.get(name, []),
                            "teacher": {"recipe": f"recipes/{teacher}.yaml"} if teacher else None}}  # fmt: skip
 
-    def fmean_psnr(rows):
-        return sum(r["psnr_y_db"] for r in rows) / len(rows)
+    targets = {"study_prune50_distill": [{"reference": "teacher", "at_least_db": -0.15, "sets": []}]}  # its YAML's
 
     runs = tmp_path / "runs"
     runs.mkdir()
