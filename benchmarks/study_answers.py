@@ -9,7 +9,9 @@ paired bootstrap 95% interval over images, whether the interval excludes 0, and 
 (its ``targets``, the issue's goals) where it sets one. A comparison whose records are not there yet says
 which are missing, so the file can be regenerated after every session of a study that spans several.
 NIQE/BRISQUE (no ground truth) are compared with the spread over the seeds of the distilled 50% student, not
-with an interval.
+with an interval. The last section says how each record was made (steps, the precision it trained in, machine,
+commit): a study spanning sessions runs on whatever machine each session gets, and a recipe whose seeds trained
+in different precisions has that difference inside its seed spread, which the text then says.
 """
 
 from __future__ import annotations
@@ -117,6 +119,31 @@ def real_rain_rows(groups: dict[str, dict], recipe: str, spread_of: str) -> list
     return lines
 
 
+def precisions(record: dict) -> str:
+    """The autocast precision(s) ``record`` trained in, with the step each began at where it changed
+    (``train.autocast``; ``no`` is fp32); ``?`` for records older than that field."""
+    spans = (record.get("train") or {}).get("autocast")
+    if not spans:
+        return "?"
+    names = ["fp32" if p == "no" else p for _, p in spans]
+    return names[0] if len(spans) == 1 else ", ".join(f"{n} from step {s}" for (s, _), n in zip(spans, names))
+
+
+def provenance_rows(groups: dict[str, dict]) -> tuple[list[str], list[str]]:
+    """One row per record: how it was made; and the recipes whose seeds trained in different precisions."""
+    lines = ["| record | seed | steps | trained in | machine, threads | commit |", "|---|---|---|---|---|---|"]
+    mixed = []
+    for name, group in sorted(groups.items()):
+        runs = sorted(group["runs"], key=lambda r: r["recipe"]["seed"])
+        for r in runs:
+            commit = (r.get("commit") or "?")[:7] + (" (dirty)" if r.get("dirty") else "")
+            lines.append(f"| {r['stem']} | {r['recipe']['seed']} | {(r.get('train') or {}).get('steps', '-')} | "
+                         f"{precisions(r)} | {r.get('device', '?')}, {r.get('cpu_threads', '?')} | {commit} |")
+        if len({precisions(r) for r in runs}) > 1:
+            mixed.append(name)
+    return lines, mixed
+
+
 def answers_markdown(records: list[dict], plateau: Path | None = None) -> str:
     recipes = group_by_recipe(records)
     groups = {g["stem"]: g for g in recipes}
@@ -130,10 +157,18 @@ def answers_markdown(records: list[dict], plateau: Path | None = None) -> str:
     note = plateau_note(plateau) if plateau is not None else None
     if note:
         out += [note, ""]
+    provenance, mixed = provenance_rows(groups)
+    if mixed:
+        out += [f"Seeds trained in different precisions (their seed spread includes the precision's effect; see "
+                f"the last section): {', '.join(mixed)}.", ""]
     for question, rows, text in QUESTIONS:
         out += [f"## {question}", "", *answer_rows(groups, rows, sets, teacher), *(["", text] if text else []), ""]
     question, recipe, spread_of = REAL_RAIN
     out += [f"## {question}", ""] + real_rain_rows(groups, recipe, spread_of) + [""]
+    out += ["## How each record was made", "", *provenance, "",
+            "`trained in`: the autocast precision of each training step (`train.autocast`; `?`: a record made before "
+            "records kept it). Latency is not compared here: `results/bench/study_latency.json` measures every "
+            "final model side by side on one machine.", ""]
     return "\n".join(out)
 
 

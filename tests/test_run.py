@@ -608,10 +608,18 @@ def test_study_answers_group_the_differences_by_question_and_name_what_is_missin
                record("study_prune50_distill_seed102", seed=102, shift=-0.08, niqe=4.1),
                record("study_prune50_outputkd", shift=-0.3),
                record("study_prune50_realrain", shift=-0.1, niqe=3.5)]  # fmt: skip
+    records[1]["train"]["autocast"] = [[0, "bf16"]]  # seed 100 on a bf16 machine, 101 in fp32, 102 switched
+    records[2]["train"]["autocast"] = [[0, "no"]]
+    records[3]["train"]["autocast"] = [[0, "no"], [4, "bf16"]]
     for r in records:
         (runs / f"{r['stem']}.json").write_text(json.dumps(r))
     main(["--results", str(tmp_path)])
     text = (tmp_path / "study" / "answers.md").read_text()
+    assert "| study_prune50_distill_seed101 | 101 | 10 | fp32 |" in text
+    assert "| study_prune50_distill_seed102 | 102 | 10 | fp32 from step 0, bf16 from step 4 |" in text
+    assert "| study_prune50_outputkd | 100 | 10 | ? |" in text  # a record from before train.autocast
+    assert "different precisions (their seed spread includes the precision's effect; see the last section): " \
+           "study_prune50_distill." in text
     assert "| study_prune50_distill - study_teacher_x | rain100L | 20 | 3/1 | -0.100 [-0.100, -0.100] | below | " \
            "-0.15 dB: met |" in text  # the three seeds averaged per image
     assert "| study_prune50_distill - study_prune50_outputkd | rain100L | 20 | 3/1 | +0.200 [+0.200, +0.200] | " \
@@ -624,7 +632,9 @@ def test_study_answers_group_the_differences_by_question_and_name_what_is_missin
     (runs / "study_prune50_distill_seed101.json").unlink()
     (runs / "study_prune50_distill_seed102.json").unlink()
     main(["--results", str(tmp_path)])
-    assert "no spread yet (1 seed of study_prune50_distill)" in (tmp_path / "study" / "answers.md").read_text()
+    text = (tmp_path / "study" / "answers.md").read_text()
+    assert "no spread yet (1 seed of study_prune50_distill)" in text
+    assert "different precisions" not in text  # one seed left: nothing mixed
     shutil.rmtree(runs)
     runs.mkdir()
     with pytest.raises(SystemExit, match="no run records"):
