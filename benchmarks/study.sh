@@ -84,4 +84,5 @@ python -m benchmarks.unit_sensitivity "runs/$TEACHER/final" --recipes recipes/st
     --out results/study
 OMP_NUM_THREADS=2 python -m benchmarks.study_latency --deployed openvino:fp32
 python -m compress.plots
-python -m benchmarks.study_answers  # results/study/answers.md: the questions, from the records
+# results/study/answers.md (the questions) and the README's study results, from the records
+python -m benchmarks.study_answers --readme README.md

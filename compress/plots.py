@@ -142,7 +142,7 @@ def _per_image_psnr(runs: list[dict], test_set: str) -> dict[str, float]:
     return {name: fmean([t[name] for t in tables]) for name in names}
 
 
-def _teacher_of(group: dict) -> str:
+def teacher_of(group: dict) -> str:
     """The stem of the teacher record a student belongs to: its teacher recipe's, or, for a ``teacher.path`` to a
     run's final model (``<out>/<stem>/final``, as the quickstart's student names its teacher), that run's."""
     spec = group["runs"][0]["recipe"].get("teacher") or {}
@@ -157,7 +157,7 @@ def students_teachers(groups: list[dict]) -> set[str]:
     learned from, such as a plateau link the study's students were distilled from; without such students, every
     teacher record."""
     stems = {g["stem"] for g in groups}
-    named = {_teacher_of(g) for g in groups if g["role"] == "student" and not g["runs"][0]["recipe"].get("control")}
+    named = {teacher_of(g) for g in groups if g["role"] == "student" and not g["runs"][0]["recipe"].get("control")}
     return (named & stems) or {g["stem"] for g in groups if g["role"] == "teacher"}
 
 
@@ -169,15 +169,15 @@ def differences(records: list[dict]) -> list[dict]:
     first); an interval that contains 0 cannot be told from zero."""
     groups = group_by_recipe(records)
     by_stem = {g["stem"]: g for g in groups}
-    named = {_teacher_of(g) for g in groups}  # a run's final model that students were distilled from is a teacher
+    named = {teacher_of(g) for g in groups}  # a run's final model that students were distilled from is a teacher
     teachers = {g["stem"]: g for g in groups if g["role"] == "teacher" or g["stem"] in named}
     controls = [g for g in groups if g["runs"][0]["recipe"].get("control")]
     out = []
     for g in sorted(groups, key=lambda g: g["stem"]):
-        if g["role"] != "student" or _teacher_of(g) not in teachers:
+        if g["role"] != "student" or teacher_of(g) not in teachers:
             continue
-        teacher = _teacher_of(g)
-        references = [teachers[teacher]] + [c for c in controls if c is not g and _teacher_of(c) == teacher]
+        teacher = teacher_of(g)
+        references = [teachers[teacher]] + [c for c in controls if c is not g and teacher_of(c) == teacher]
         recipe = g["runs"][0]["recipe"]
         wanted = list(recipe.get("compare") or []) + [t["reference"] for t in recipe.get("targets") or []]
         known = {r["stem"] for r in references} | {g["stem"]}
@@ -238,7 +238,7 @@ def _targets_table(records: list[dict], diffs: list[dict]) -> list[str]:
     rows = []
     for g in sorted(group_by_recipe(records), key=lambda g: g["stem"]):
         for t in g["runs"][0]["recipe"].get("targets") or []:
-            ref = _teacher_of(g) if t["reference"] == "teacher" else t["reference"]
+            ref = teacher_of(g) if t["reference"] == "teacher" else t["reference"]
             found = [d for d in diffs if d["student"] == g["stem"] and d["reference"] == ref
                      and (not t["sets"] or d["set"] in t["sets"])]  # fmt: skip
             goal = f"{t['at_least_db']:+.2f} dB vs {ref}"
