@@ -11,7 +11,8 @@ which are missing, so the file can be regenerated after every session of a study
 NIQE/BRISQUE (no ground truth) are compared with the spread over the seeds of the distilled 50% student, not
 with an interval. The last section says how each record was made (steps, the precision it trained in, machine,
 commit): a study spanning sessions runs on whatever machine each session gets, and a recipe whose seeds trained
-in different precisions has that difference inside its seed spread, which the text then says.
+in different precisions has that difference inside its seed spread, which the text then says, and a comparison
+between recipes whose runs did is marked (the teacher's own training excepted: it is what is measured against).
 ``--readme`` also rewrites the study's part of the README's results section (between its two
 ``<!-- study results -->`` markers) from the same records: each student's difference to the teacher per test set,
 and what the study still lacks.
@@ -40,6 +41,7 @@ P50, SCRATCH, LONG = "study_prune50_distill", "study_scratch50", "study_scratch5
 # the recipes benchmarks/study.sh runs with three seeds (its MAIN; a test keeps the two lists equal)
 MAIN = (P50, "study_prune50_outputkd", "study_prune50_finetune", SCRATCH, CONTROL)
 SEEDS = 3
+MIXED = " (trained in different precisions)"  # a comparison whose two sides' runs did: see precision_differs
 BEGIN, END = "<!-- study results: begin -->", "<!-- study results: end -->"
 # (question, [(recipe, reference)], note); a comparison's target is the recipe's own (`targets:` in its YAML)
 QUESTIONS = [
@@ -91,6 +93,8 @@ def answer_rows(groups: dict[str, dict], rows: list[tuple], sets: list[str], tea
         if missing:
             lines.append(f"| {name} - {ref_name} | - | - | - | - | not run yet: {', '.join(missing)} | - |")
             continue
+        # the teacher's own training is what the students are measured against, not a side of the comparison
+        mark = MIXED if ref != TEACHER and precision_differs(groups, (name, ref_name)) else ""
         for test_set in sets:
             d = pair_difference(groups[name], groups[ref_name], test_set)
             if d is None:
@@ -99,7 +103,7 @@ def answer_rows(groups: dict[str, dict], rows: list[tuple], sets: list[str], tea
             verdict = target_verdict(target, d["mean"], d["lo"], d["hi"]) if target is not None else ""
             goal = f"{target:+.2f} dB: {verdict}" if target is not None else "-"
             lines.append(f"| {name} - {ref_name} | {test_set} | {d['images']} | {d['seeds'][0]}/{d['seeds'][1]} | "
-                         f"{d['mean']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}] | {interval_verdict(d)} | {goal} |")
+                         f"{d['mean']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}] | {interval_verdict(d)}{mark} | {goal} |")
     return lines
 
 
@@ -111,6 +115,7 @@ def real_rain_rows(groups: dict[str, dict], recipe: str, spread_of: str) -> list
     if missing:
         return lines + [f"| - | - | - | - | not run yet: {', '.join(missing)} |"]
     base, seeds = groups[spread_of], len(groups[spread_of]["seeds"])
+    mark = MIXED if precision_differs(groups, (recipe, spread_of)) else ""
     for test_set, row in sorted(groups[recipe]["sets"].items()):
         spread = base["sets"].get(test_set, {})
         for metric in ("niqe", "brisque"):
@@ -121,7 +126,7 @@ def real_rain_rows(groups: dict[str, dict], recipe: str, spread_of: str) -> list
             if seeds < 2:
                 verdict = f"no spread yet ({seeds} seed of {spread_of})"
             else:
-                verdict = "inside the seed spread" if low <= value <= high else "outside the seed spread"
+                verdict = ("inside the seed spread" if low <= value <= high else "outside the seed spread") + mark
             lines.append(f"| {test_set} | {metric} | {value:.3f} | {spread[metric]:.3f} [{low:.3f}, {high:.3f}] "
                          f"({seeds} seeds) | {verdict} |")
     return lines
@@ -137,6 +142,12 @@ def precisions(record: dict) -> str:
     return names[0] if len(spans) == 1 else ", ".join(f"{n} from step {s}" for (s, _), n in zip(spans, names))
 
 
+def precision_differs(groups: dict[str, dict], names) -> bool:
+    """Whether the runs of the recipes ``names`` trained in different precisions (records older than
+    ``train.autocast`` do not count: theirs is unknown)."""
+    return len({precisions(r) for n in names for r in groups[n]["runs"]} - {"?"}) > 1
+
+
 def provenance_rows(groups: dict[str, dict]) -> tuple[list[str], list[str]]:
     """One row per record: how it was made; and the recipes whose seeds trained in different precisions."""
     lines = ["| record | seed | steps | trained in | machine, threads | commit |", "|---|---|---|---|---|---|"]
@@ -147,7 +158,7 @@ def provenance_rows(groups: dict[str, dict]) -> tuple[list[str], list[str]]:
             commit = (r.get("commit") or "?")[:7] + (" (dirty)" if r.get("dirty") else "")
             lines.append(f"| {r['stem']} | {r['recipe']['seed']} | {(r.get('train') or {}).get('steps', '-')} | "
                          f"{precisions(r)} | {r.get('device', '?')}, {r.get('cpu_threads', '?')} | {commit} |")
-        if len({precisions(r) for r in runs}) > 1:
+        if precision_differs(groups, (name,)):
             mixed.append(name)
     return lines, mixed
 
@@ -167,7 +178,9 @@ def answers_markdown(records: list[dict], recipes: list[dict], teacher: str | No
     out = ["# The study's questions, answered from the records so far", "",
            "Generated by `python -m benchmarks.study_answers` from `results/runs/*.json`. Each difference is PSNR "
            "(Y, dB) of the first recipe minus the second, averaged over each recipe's seeds per image, with a paired "
-           "bootstrap 95% interval over the images (`verdict`: whether it excludes 0).", ""]  # fmt: skip
+           "bootstrap 95% interval over the images (`verdict`: whether it excludes 0; `trained in different "
+           "precisions`: the two recipes' runs did (last section), so the difference includes the precision's).",
+           ""]  # fmt: skip
     if note:
         out += [note, ""]
     provenance, mixed = provenance_rows(groups)
